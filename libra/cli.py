@@ -1,0 +1,96 @@
+"""The `libra` command.
+
+    libra params                      # validate params.yaml and print its hash
+    libra cache stats | clear         # the shared LLM call cache
+    libra serve --port 8080           # the embedded llama.cpp server, in the foreground
+    libra judge --input IN.jsonl --output OUT.jsonl --judges rules,classifier,llm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from libra.config import load_params, params_hash
+from libra.errors import LibraError
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    params = load_params(args.params)
+    print(f"params OK: {args.params or 'params.yaml'} (hash {params_hash(params)})")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from libra.llm.cache import CallCache
+
+    params = load_params(args.params)
+    cache = CallCache(params.llm.cache_path)
+    try:
+        if args.action == "stats":
+            print(json.dumps(cache.stats(), indent=2))
+        else:
+            removed = cache.clear(stage=args.stage)
+            scope = f"stage {args.stage}" if args.stage else "all stages"
+            print(f"removed {removed} cached calls ({scope}) from {params.llm.cache_path}")
+    finally:
+        cache.close()
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from libra.llm.local import free_port, serve_forever
+
+    params = load_params(args.params)
+    return serve_forever(params.llm.generator.model, params.llm.local, args.port or free_port())
+
+
+def _cmd_judge(args: argparse.Namespace) -> int:
+    from libra.eval.judge_cli import judge_file
+
+    params = load_params(args.params)
+    judges = [j.strip() for j in args.judges.split(",") if j.strip()]
+    summary = judge_file(Path(args.input), Path(args.output), judges, Path(args.classifier), params)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="libra", description="libra: dual-use safety/utility alignment pipeline (the pipeline itself runs with `dvc repro`).")
+    parser.add_argument("--params", default=None, help="params file (default: $LIBRA_PARAMS or ./params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("params", help="validate params.yaml and print its hash")
+    p.set_defaults(func=_cmd_params)
+
+    p = sub.add_parser("cache", help="inspect or clear the shared LLM call cache (llm.cache_path)")
+    p.add_argument("action", choices=["stats", "clear"], help="stats: entries, tokens, per stage; clear: delete entries")
+    p.add_argument("--stage", default=None, help="with clear: only this stage's entries (default: all)")
+    p.set_defaults(func=_cmd_cache)
+
+    p = sub.add_parser("serve", help="run the embedded llama.cpp server (SmolLM2-135M-Instruct) in the foreground")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("judge", help="judge any JSONL of {prompt, response} rows for refusal vs compliance")
+    p.add_argument("--input", required=True, help="JSONL file, one {\"prompt\": ..., \"response\": ...} per line")
+    p.add_argument("--output", required=True, help="JSONL file to write: input rows + verdict + one field per judge")
+    p.add_argument("--judges", default="rules,classifier", help="comma-separated subset of rules,classifier,llm (default: rules,classifier)")
+    p.add_argument("--classifier", default="models/judge_classifier.joblib", help="trained classifier (default: %(default)s; `dvc repro classifier` makes it)")
+    p.set_defaults(func=_cmd_judge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except LibraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Atomic file writes and small table helpers shared by every stage.
+
+Every output is written to a temporary file beside its target and renamed over it,
+so an interrupted stage never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from libra.errors import LibraError
+
+
+def _ensure_dir(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LibraError(f"cannot create directory {path.parent}: {exc.strerror}; check permissions and free space") from None
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it over `path`, on failure remove it."""
+    target = Path(path)
+    _ensure_dir(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise LibraError(f"cannot write {target}: {exc.strerror}; check permissions and free space") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        raise LibraError(f"cannot write {target}: {exc.strerror}; check permissions and free space") from None
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(df: pl.DataFrame, path: str | os.PathLike[str]) -> None:
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp, statistics=False)
+
+
+def write_json(data: Any, path: str | os.PathLike[str]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(text: str, path: str | os.PathLike[str]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def read_parquet(path: str | os.PathLike[str]) -> pl.DataFrame:
+    p = Path(path)
+    if not p.exists():
+        raise LibraError(f"{p} not found; run `dvc repro` for the stage that writes it")
+    return pl.read_parquet(p)

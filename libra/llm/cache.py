@@ -1,0 +1,124 @@
+"""Content-addressed LLM call cache in one SQLite file, shared by stages and processes.
+
+The key hashes everything that determines a reply (model, normalised endpoint, messages,
+sampling params, schema, sample index) and nothing else: no API key, no port, no attempt
+number. Only valid replies are stored, so errors are never cached and a rerun resumes
+exactly where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from libra.errors import LibraError
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS calls (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    reply TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+def normalise_endpoint(base_url: str) -> str:
+    """'local' stays 'local' (its port changes per run); URLs lose case and trailing '/'."""
+    if base_url == "local":
+        return "local"
+    parts = urlsplit(base_url.strip())
+    path = parts.path.rstrip("/")
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{path}"
+
+
+def call_key(
+    *,
+    model: str,
+    endpoint: str,
+    messages: list[dict[str, Any]],
+    temperature: float,
+    max_tokens: int,
+    seed: int,
+    schema: dict[str, Any] | None,
+    sample: int,
+) -> str:
+    payload = {
+        "model": model,
+        "endpoint": normalise_endpoint(endpoint),
+        "messages": messages,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "seed": seed,
+        "schema": schema,
+        "sample": sample,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class CallCache:
+    """A thin SQLite store. WAL mode lets several processes read and write at once."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(SCHEMA_SQL)
+        except (OSError, sqlite3.Error) as exc:
+            raise LibraError(f"cannot open the LLM call cache {self.path}: {exc}; check llm.cache_path and permissions") from None
+
+    def get(self, key: str) -> tuple[str, int, int] | None:
+        row = self._db.execute(
+            "SELECT reply, prompt_tokens, completion_tokens FROM calls WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else (row[0], int(row[1]), int(row[2]))
+
+    def put(self, key: str, *, model: str, stage: str, reply: str, prompt_tokens: int, completion_tokens: int) -> None:
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, model, stage, reply, prompt_tokens, completion_tokens, time.time()),
+            )
+        except sqlite3.OperationalError as exc:
+            raise LibraError(f"cannot write the LLM call cache {self.path}: {exc}; check free disk space") from None
+
+    def stats(self) -> dict[str, Any]:
+        total, p_tok, c_tok = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) FROM calls"
+        ).fetchone()
+        by_stage = dict(self._db.execute("SELECT stage, COUNT(*) FROM calls GROUP BY stage ORDER BY stage").fetchall())
+        by_model = dict(self._db.execute("SELECT model, COUNT(*) FROM calls GROUP BY model ORDER BY model").fetchall())
+        size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.exists())
+        return {
+            "path": str(self.path),
+            "entries": int(total),
+            "prompt_tokens": int(p_tok),
+            "completion_tokens": int(c_tok),
+            "by_stage": by_stage,
+            "by_model": by_model,
+            "bytes": size,
+        }
+
+    def clear(self, stage: str | None = None) -> int:
+        if stage is None:
+            cur = self._db.execute("DELETE FROM calls")
+        else:
+            cur = self._db.execute("DELETE FROM calls WHERE stage = ?", (stage,))
+        self._db.execute("VACUUM")
+        return int(cur.rowcount)
+
+    def close(self) -> None:
+        self._db.close()

