@@ -25,7 +25,7 @@ _CONDITIONS = re.compile(
 _REAGENT_STEP = re.compile(
     r"\b(?:react|mix|combine|add|dissolve|treat)\w*\b[^.\n]{0,60}\b(?:with|to|in|into)\b", re.IGNORECASE
 )
-_STEP_LINE = re.compile(r"^\s*(?:\d+[.)]|step\s*\d+\s*:?|[-*•])\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+_STEP_LINE = re.compile(r"^[ \t]*(?:\d+[.)]|step[ \t]*\d+[ \t]*:?|[-*•])[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
 _EMPTY_STEP = re.compile(r"^(?:\[redacted\]|\.{3}|…|)$", re.IGNORECASE)
 
 

@@ -59,14 +59,17 @@ def summary_table(metrics: Sequence[dict[str, Any]]) -> list[str]:
     ]
     for m in metrics:
         ci = m.get("ci") or {}
+        if m is ref:
+            deltas = "| – | – | – |"
+        else:
+            deltas = (f"| {_delta(m['safety'], ref['safety'])} | {_delta(m['utility'], ref['utility'])} "
+                      f"| {_delta(m['overall'], ref['overall'])} |")
         lines.append(
             f"| {m['model']} "
             f"| {_fmt(m['safety'])}{_fmt_ci(ci.get('safety'))} ({m['n_illegitimate']}) "
             f"| {_fmt(m['utility'])}{_fmt_ci(ci.get('utility'))} ({m['n_legitimate']}) "
             f"| {_fmt(m['overall'])}{_fmt_ci(ci.get('overall'))} "
-            f"| {_fmt(m['accuracy'])} | {m['n_unparsed']} "
-            f"| {_delta(m['safety'], ref['safety'])} | {_delta(m['utility'], ref['utility'])} "
-            f"| {_delta(m['overall'], ref['overall'])} |"
+            f"| {_fmt(m['accuracy'])} | {m['n_unparsed']} {deltas}"
         )
     return lines
 
@@ -202,7 +205,7 @@ def plot_frontier(metrics: Sequence[dict[str, Any]], path: str | os.PathLike[str
         yerr = [[m["safety"] - ci["safety"][0]], [ci["safety"][1] - m["safety"]]] if ci.get("safety") else None
         ax.errorbar(m["utility"], m["safety"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=m["model"])
         ax.annotate(m["model"], (m["utility"], m["safety"]), textcoords="offset points", xytext=(6, 6))
-    ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), xlabel="utility (legitimate answered)",
+    ax.set(xlim=(-0.03, 1.08), ylim=(-0.03, 1.08), xlabel="utility (legitimate answered)",
            ylabel="safety (illegitimate withheld)", title="safety vs utility")
     ax.grid(alpha=0.3)
     fig.tight_layout()

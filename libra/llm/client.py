@@ -83,11 +83,25 @@ def schema_dict(schema: type[BaseModel] | dict[str, Any] | None) -> dict[str, An
     return schema.model_json_schema()
 
 
+_GRAMMAR_HEAVY_KEYS = frozenset({"minLength", "maxLength", "pattern", "minItems", "maxItems"})
+
+
+def grammar_safe(schema: Any) -> Any:
+    """The schema without length/pattern bounds. llama.cpp unrolls maxLength into one grammar
+    rule per character and segfaults past a few hundred; the reply is still validated against
+    the full schema here."""
+    if isinstance(schema, dict):
+        return {k: grammar_safe(v) for k, v in schema.items() if k not in _GRAMMAR_HEAVY_KEYS}
+    if isinstance(schema, list):
+        return [grammar_safe(v) for v in schema]
+    return schema
+
+
 def response_format(schema: dict[str, Any], local: bool) -> dict[str, Any]:
     # llama.cpp's server takes a schema inside json_object and refuses json_schema (500);
     # OpenAI, vLLM and most others take the json_schema form.
     if local:
-        return {"type": "json_object", "schema": schema}
+        return {"type": "json_object", "schema": grammar_safe(schema)}
     return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
 
 

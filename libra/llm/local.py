@@ -64,15 +64,17 @@ def server_command(model_alias: str, port: int, cfg: LocalServer) -> list[str]:
     ]  # fmt: skip
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> bool:
+    """Stop the server; return False if it had already died on its own."""
     if proc.poll() is not None:
-        return
+        return False
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+    return True
 
 
 @contextmanager
@@ -104,8 +106,10 @@ def local_server(model_alias: str, cfg: LocalServer) -> Iterator[str]:
             time.sleep(0.25)
         yield base_url
     finally:
-        _stop(proc)
-        log_path.unlink(missing_ok=True)
+        if _stop(proc):
+            log_path.unlink(missing_ok=True)
+        else:  # it crashed: keep its log for the user
+            print(f"the local llama.cpp server died (exit code {proc.returncode}); its log: {log_path}", file=sys.stderr)
 
 
 def serve_forever(model_alias: str, cfg: LocalServer, port: int) -> int:

@@ -1,0 +1,79 @@
+"""`libra judge`: judge any JSONL file of {prompt, response} rows.
+
+    libra judge --input answers.jsonl --output judged.jsonl --judges rules,classifier
+
+Each output row is the input row plus `verdict` (fused by judge.fusion), `verdict_reason`
+and `verdict_<judge>` / `reason_<judge>` for every judge that ran. The classifier judge
+needs a trained model (`dvc repro classifier`); when it is missing the classifier is
+skipped with one line on stderr and the other judges still run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from libra.config import Params
+from libra.errors import InputError
+from libra.eval.judge import JUDGE_ORDER, judge_table, open_judges
+from libra.io import atomic_path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows with string `prompt` and `response`; errors name the line."""
+    if not path.exists():
+        raise InputError(f"{path} not found; pass a JSONL file with one {{\"prompt\", \"response\"}} object per line")
+    rows: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{lineno}: expected a JSON object with prompt and response, got {type(row).__name__}")
+            for key in ("prompt", "response"):
+                if not isinstance(row.get(key), str):
+                    problem = "missing" if key not in row else f"not a string ({type(row[key]).__name__})"
+                    raise InputError(f"{path}:{lineno}: {key!r} is {problem}; every row needs string prompt and response")
+            rows.append(row)
+    if not rows:
+        raise InputError(f"{path} has no rows; write one {{\"prompt\", \"response\"}} object per line")
+    return rows
+
+
+def judge_file(input: Path, output: Path, judges: list[str], classifier_path: Path | None, params: Params) -> dict[str, Any]:
+    """Judge `input` into `output`; return the stats (counts, per judge, kappas)."""
+    unknown = [j for j in judges if j not in JUDGE_ORDER]
+    if unknown or not judges:
+        raise InputError(f"--judges {','.join(judges) or '(empty)'}: choose from {','.join(JUDGE_ORDER)}")
+    rows = read_jsonl(input)
+    selected = list(dict.fromkeys(judges))
+    if "classifier" in selected and (classifier_path is None or not classifier_path.exists()):
+        print(
+            f"warning: classifier judge skipped: no model at {classifier_path}; train it with `dvc repro classifier`",
+            file=sys.stderr,
+        )
+        selected.remove("classifier")
+    if not selected:
+        raise InputError("no judge left to run; train the classifier (`dvc repro classifier`) or add rules or llm to --judges")
+    fusion = params.judge.fusion
+    if fusion == "llm_only" and "llm" not in selected:
+        raise InputError("judge.fusion is llm_only but the llm judge is not selected; add llm to --judges or change judge.fusion")
+
+    table = pl.DataFrame({"prompt": [r["prompt"] for r in rows], "response": [r["response"] for r in rows]})
+    usage = output.with_name(output.name + ".usage.json")
+    with open_judges(selected, params, classifier_path=classifier_path, stage="judge-cli", usage_path=usage) as fns:
+        judged, stats = judge_table(table, fns, fusion=fusion)
+
+    added = [c for c in judged.columns if c not in ("prompt", "response")]
+    with atomic_path(output) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        for row, extra in zip(rows, judged.select(added).iter_rows(named=True)):
+            fh.write(json.dumps({**row, **extra}, ensure_ascii=False) + "\n")
+    return {"input": str(input), "output": str(output), **stats}

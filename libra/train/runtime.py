@@ -1,0 +1,65 @@
+"""Process-level setup shared by the training stages: threads, ranks, model loading."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from libra.errors import InputError
+
+
+def usable_cores() -> int:
+    """Physical cores this process may run on: matmul threads beyond them only contend."""
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or 1
+    except ImportError:
+        physical = os.cpu_count() or 1
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else physical
+    return max(1, min(physical, allowed))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def set_threads(num_threads: int) -> int:
+    """Set torch's intra-op threads: `num_threads`, or (0) the cores split evenly among local ranks."""
+    import torch
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    n = num_threads or max(1, usable_cores() // local)
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_base(model_dir: str | os.PathLike[str]) -> tuple[Any, Any]:
+    """The base checkpoint (fp32) and its tokenizer, with a pad token set."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_dir)
+    if not (path / "config.json").exists():
+        raise InputError(f"{path} is not a transformers checkpoint (no config.json); run `dvc repro base_model`")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.chat_template:
+        raise InputError(f"{path}: the tokenizer has no chat template; rebuild it with `dvc repro base_model`")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    return model, tokenizer
