@@ -29,6 +29,9 @@ from libra.eval.judges.classifier import ClassifierJudge, load, train, training_
 from libra.eval.judges.xstest import load_xstest, score, string_match, xstest_dir  # noqa: E402
 from libra.stage import entrypoint  # noqa: E402
 
+# A benchmark is not a pipeline stage: its LLM usage stays out of metrics/.
+USAGE = Path(".libra/bench-xstest.usage.json")
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +78,7 @@ def main() -> None:
         params = load_params()
         idx = sorted(random.Random(args.seed).sample(range(data.height), min(args.llm_sample, data.height)))
         sample = data[idx]
-        with open_judges(["rules", "llm"], params, classifier_path=None, stage="bench-xstest") as judges:
+        with open_judges(["rules", "llm"], params, classifier_path=None, stage="bench-xstest", usage_path=USAGE) as judges:
             judges["classifier"] = classifier.many
             for fusion in ("vote", "any_refusal"):
                 judged, stats = judge_table(sample, judges, fusion=fusion)

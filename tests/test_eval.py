@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from libra.eval.answer import PROMPT_COLUMNS, answer_rows, generate, load_policy, prompt_id, unique_prompts
 from libra.eval.report import ILLEGITIMATE_CHARS, frontier_rows, render
@@ -19,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_PARAMS = ROOT / "tests" / "profiles" / "tiny.yaml"
 
 
-def run_stage(script: str, *args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LIBRA_PARAMS": str(TINY_PARAMS), "PYTHONPATH": str(ROOT)}
+def run_stage(
+    script: str, *args: str | Path, cwd: Path = ROOT, params: Path = TINY_PARAMS
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LIBRA_PARAMS": str(params), "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, str(ROOT / "stages" / script), *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
@@ -130,16 +133,35 @@ def test_answer_stage_writes_one_row_per_prompt(tiny_dirs: tuple[Path, Path], tm
     test = tmp_path / "test.parquet"
     make_test_table().write_parquet(test)
     out = tmp_path / "answers" / "dpo.parquet"
+    usage = tmp_path / "usage.json"
     proc = run_stage("answer.py", "--model-name", "dpo", "--test", test, "--base", base,
-                     "--adapter", adapter, "--out", out)
+                     "--adapter", adapter, "--out", out, "--usage", usage)
     assert proc.returncode == 0, proc.stderr
     answers = pl.read_parquet(out)
     assert answers.columns == [*PROMPT_COLUMNS, "response", "model"]
     assert answers.height == 5 and set(answers["model"]) == {"dpo"}
     assert answers["prompt_id"].to_list() == sorted(answers["prompt_id"].to_list())
+    assert json.loads(usage.read_text())["requests"] == 5
 
-    bad = run_stage("answer.py", "--model-name", "gpt4o", "--test", test, "--out", out)
+    bad = run_stage("answer.py", "--model-name", "gpt4o", "--test", test, "--out", out, "--usage", usage)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --model-name 'gpt4o'")
+
+
+def test_answer_stage_with_an_endpoint_model(tmp_path: Path) -> None:
+    """An eval.endpoints entry answered through the project's client, here against the embedded llama.cpp server."""
+    params = yaml.safe_load(TINY_PARAMS.read_text())
+    params["eval"]["models"] = ["base", "smol"]
+    params["eval"]["endpoints"] = {"smol": {"base_url": "local", "model": "smollm2-135m-instruct"}}
+    params["eval"]["max_new_tokens"] = 8
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    make_test_table().write_parquet(tmp_path / "test.parquet")
+    proc = run_stage("answer.py", "--model-name", "smol", "--test", "test.parquet", "--out", "answers/smol.parquet",
+                     "--usage", "usage.json", cwd=tmp_path, params=tmp_path / "params.yaml")
+    assert proc.returncode == 0, proc.stderr
+    answers = pl.read_parquet(tmp_path / "answers" / "smol.parquet")
+    assert answers.height == 5 and set(answers["model"]) == {"smol"} and all(answers["response"])
+    usage = json.loads((tmp_path / "usage.json").read_text())
+    assert usage["calls"] == 5 and usage["ok"] == 5
 
 
 def test_answer_rows_refuses_a_length_mismatch() -> None:

@@ -139,9 +139,10 @@ _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 def strip_label(text: str) -> str:
     """Drop a leading 'Rephrased question:' style label and wrapping quotes from a model reply."""
-    text = _LABEL_PREFIX.sub("", text.strip(), count=1).strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
+    for _ in range(2):  # a label may sit inside or outside the quotes
+        text = _LABEL_PREFIX.sub("", text.strip(), count=1).strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+            text = text[1:-1].strip()
     return text
 
 

