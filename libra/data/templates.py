@@ -112,7 +112,7 @@ TASK_PHRASES: dict[str, str] = {
     "evading_controls": "moving, undetected,",
     "properties": "describing",
     "handling_storage": "handling",
-    "exposure_first_aid": "treating exposure to",
+    "exposure_first_aid": "giving first aid after exposure to",
     "detection": "detecting",
     "history_regulation": "explaining the regulation of",
     "uses": "using",
