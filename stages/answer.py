@@ -15,7 +15,7 @@ import time
 
 from libra.config import load_params
 from libra.errors import ParamsError
-from libra.eval.answer import answer_endpoint, answer_rows, generate, load_policy, set_threads, unique_prompts
+from libra.eval.answer import LOCAL_MODELS, answer_endpoint, answer_rows, generate, load_policy, set_threads, unique_prompts
 from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
 
@@ -36,16 +36,14 @@ def main() -> None:
     args = parse_args()
     params = load_params()
     cfg = params.eval
-    if args.model_name not in cfg.models:
-        raise ParamsError(f"--model-name {args.model_name!r} is not in eval.models {cfg.models}; add it there")
+    if args.model_name not in LOCAL_MODELS and args.model_name not in cfg.endpoints:
+        raise ParamsError(f"--model-name {args.model_name!r} is neither base, dpo nor a key of eval.endpoints; add it there")
 
     # Load
     prompts = unique_prompts(read_parquet(args.test))
 
     # Answer
-    if args.model_name in cfg.endpoints:
-        responses = answer_endpoint(args.model_name, prompts["prompt"].to_list(), params.llm, cfg, args.usage)
-    else:
+    if args.model_name in LOCAL_MODELS:
         threads = set_threads()
         adapter = args.adapter if args.model_name == "dpo" else None
         model, tokenizer = load_policy(args.base, adapter)
@@ -62,6 +60,8 @@ def main() -> None:
              "prompts_per_s": round(prompts.height / wall_s, 3) if wall_s else None},
             args.usage,
         )
+    else:
+        responses = answer_endpoint(args.model_name, prompts["prompt"].to_list(), params.llm, cfg, args.usage)
 
     # Save
     write_parquet(answer_rows(prompts, responses, args.model_name), args.out)

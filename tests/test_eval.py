@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +12,16 @@ import pytest
 import yaml
 
 from libra.eval.answer import PROMPT_COLUMNS, answer_rows, generate, load_policy, prompt_id, unique_prompts
-from libra.eval.report import ILLEGITIMATE_CHARS, frontier_rows, render
+from libra.eval.report import expand_paths, frontier_rows, render
 from libra.eval.score import score
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_PARAMS = ROOT / "tests" / "profiles" / "tiny.yaml"
+from tests.conftest import ROOT, TINY_PROFILE, subprocess_env
 
 
 def run_stage(
-    script: str, *args: str | Path, cwd: Path = ROOT, params: Path = TINY_PARAMS
+    script: str, *args: str | Path, cwd: Path = ROOT, params: Path = TINY_PROFILE
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LIBRA_PARAMS": str(params), "PYTHONPATH": str(ROOT)}
+    env = subprocess_env(LIBRA_PARAMS=str(params), PYTHONPATH=str(ROOT))
     return subprocess.run(
         [sys.executable, str(ROOT / "stages" / script), *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
@@ -147,9 +145,9 @@ def test_answer_stage_writes_one_row_per_prompt(tiny_dirs: tuple[Path, Path], tm
     assert bad.returncode == 2 and bad.stderr.startswith("error: --model-name 'gpt4o'")
 
 
-def test_answer_stage_with_an_endpoint_model(tmp_path: Path) -> None:
-    """An eval.endpoints entry answered through the project's client, here against the embedded llama.cpp server."""
-    params = yaml.safe_load(TINY_PARAMS.read_text())
+def test_answer_stage_with_an_endpoint_model(tmp_path: Path, local_url: str) -> None:
+    """An eval.endpoints entry answered through the project's client, here the embedded llama.cpp server."""
+    params = yaml.safe_load(TINY_PROFILE.read_text())
     params["eval"]["models"] = ["base", "smol"]
     params["eval"]["endpoints"] = {"smol": {"base_url": "local", "model": "smollm2-135m-instruct"}}
     params["eval"]["max_new_tokens"] = 8
@@ -249,9 +247,9 @@ def test_score_and_report_stages(tmp_path: Path) -> None:
     assert base["model"] == "base" and base["safety"] == 0.6667 and len(base["params_hash"]) == 16
     assert base["ci"]["safety"] is not None  # the tiny profile bootstraps 100 times
 
+    # The {model} patterns are filled from eval.models of the tiny profile: [base, dpo].
     proc = run_stage(
-        "report.py", "--metrics", tmp_path / "base.json", tmp_path / "dpo.json",
-        "--judged", tmp_path / "base.parquet", tmp_path / "dpo.parquet",
+        "report.py", "--metrics", tmp_path / "{model}.json", "--judged", tmp_path / "{model}.parquet",
         "--out", tmp_path / "report.md", "--plots", tmp_path / "plots", "--frontier", tmp_path / "frontier.json",
     )
     assert proc.returncode == 0, proc.stderr
@@ -272,4 +270,8 @@ def test_report_render_marks_missing_rates() -> None:
     md = render([m], {"base": judged_table()})
     assert "| acquisition | 0.00 (1) | – |" in md
     assert frontier_rows([m]) == [{"model": "base", "safety": 0.6667, "utility": 0.6, "overall": 0.6333}]
-    assert ILLEGITIMATE_CHARS == 200
+
+
+def test_expand_paths() -> None:
+    assert expand_paths(["m/{model}.json"], ["base", "gpt4o"]) == ["m/base.json", "m/gpt4o.json"]
+    assert expand_paths(["a.json", "b.json"], ["base"]) == ["a.json", "b.json"]

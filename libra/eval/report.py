@@ -41,6 +41,13 @@ def _one_line(text: str | None, limit: int) -> str:
     return flat if len(flat) <= limit else flat[:limit].rstrip() + " …"
 
 
+def expand_paths(paths: Sequence[str], models: Sequence[str]) -> list[str]:
+    """One `{model}` pattern becomes one path per model; explicit paths are kept as given."""
+    if len(paths) == 1 and "{model}" in paths[0]:
+        return [paths[0].replace("{model}", m) for m in models]
+    return list(paths)
+
+
 def reference(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The model deltas are measured against: `base` when it was scored, else the first model."""
     return next((m for m in metrics if m["model"] == "base"), metrics[0])

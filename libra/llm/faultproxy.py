@@ -26,6 +26,11 @@ from typing import Any
 FAULTS = ("429", "500", "stall", "truncate")
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog of 5 refuses connections under concurrency
+    daemon_threads = True
+
+
 def canned_completion(body: dict[str, Any]) -> dict[str, Any]:
     last = body.get("messages", [{}])[-1].get("content", "")
     return {
@@ -59,8 +64,7 @@ class FaultProxy:
         self.counts: Counter[str] = Counter()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -141,3 +145,21 @@ class FaultProxy:
                 self._send(status, data)
 
         return Handler
+
+
+def main() -> None:
+    """Run a proxy in its own process: `python -m libra.llm.faultproxy --latency 0.2`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="libra fault-injecting proxy (canned replies without --upstream)")
+    parser.add_argument("--upstream", default=None, help="base URL to forward to, ending in /v1 (default: canned replies)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests given a fault")
+    args = parser.parse_args()
+    with FaultProxy(args.upstream, latency_s=args.latency, fault_rate=args.fault_rate) as proxy:
+        print(proxy.base_url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ bench/dpo_throughput.py):
   `bf16=True` does not autocast on CPU); weights, adapter, optimizer and loss stay fp32;
 - no gradient checkpointing (TRL's default): a 135M model's activations fit, and
   recomputing them costs a third more compute;
-- batches are grouped by length, so little compute goes to padding.
+- batches are grouped by length (LengthBucketSampler), so little compute goes to padding.
 """
 
 from __future__ import annotations
@@ -63,14 +63,59 @@ class LibraDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        # Keep `length` for the length-grouped sampler; the collator ignores it.
+        # Keep `length` for LengthBucketSampler; the collator ignores it.
         if "length" not in self._signature_columns:
             self._signature_columns.append("length")
+
+    def _get_train_sampler(self, train_dataset=None):  # type: ignore[no-untyped-def]
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if "length" not in dataset.column_names:
+            return super()._get_train_sampler(train_dataset)
+        return LengthBucketSampler(
+            dataset["length"], self.args.per_device_train_batch_size, self.args.world_size,
+            self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
 
     def autocast_smart_context_manager(self, cache_enabled: bool | None = True) -> contextlib.AbstractContextManager:
         if self._cpu_bf16:
             return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache_enabled)
         return super().autocast_smart_context_manager(cache_enabled)
+
+
+class LengthBucketSampler(torch.utils.data.Sampler[int]):
+    """Random order, but each run of `bucket_batches` global batches is sorted by length.
+
+    Batches then pad little, while the pairs seen in the first k steps are (at bucket
+    boundaries) exactly those a plain random sampler would give: transformers'
+    LengthGroupedSampler sorts 50 batches at a time, so a short run would see only the
+    longest pairs of its first megabatch, and a long-to-short curriculum. Batch order
+    inside a bucket is shuffled too.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, world: int, seed: int, bucket_batches: int = 4) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.span = batch_size * world  # consecutive per-device batches that make one global step
+        self.bucket = self.span * bucket_batches
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        out: list[int] = []
+        for start in range(0, len(order), self.bucket):
+            bucket = sorted(order[start : start + self.bucket], key=lambda i: self.lengths[i])
+            steps = [bucket[j : j + self.span] for j in range(0, len(bucket), self.span)]
+            for k in torch.randperm(len(steps), generator=g).tolist():
+                out.extend(steps[k])
+        return iter(out)
 
 
 def lora_config(params: DPOParams) -> Any:
@@ -113,7 +158,6 @@ def dpo_config(params: DPOParams, checkpoints: Path, world: int, on_cpu: bool) -
         gradient_checkpointing=False,
         bf16=params.bf16_autocast and not on_cpu,
         use_cpu=on_cpu,
-        train_sampling_strategy="group_by_length",
         seed=params.seed,
         data_seed=params.seed,
         logging_steps=1,
