@@ -5,7 +5,8 @@
 Both train the same LoRA (params `dpo.lora.*`) on the same pairs, batch (`dpo.batch_size`),
 loss, beta, learning rate and max_length; everything else is each path's own:
 - TRL defaults: `DPOConfig` as shipped (gradient checkpointing on, `bf16=True`, which does
-  not autocast on CPU, reference forward on every step, random batches);
+  not autocast on CPU, reference forward on every step, random batches), plus
+  `use_cpu=True` on CPU, without which that `bf16=True` refuses to start;
 - libra: `libra.train.dpo` (pre-tokenised pairs with precomputed reference log-probs,
   bf16 autocast on CPU, no gradient checkpointing, length-bucketed batches).
 The two run in alternating rounds of `--steps` steps (the first step of each round is
@@ -114,6 +115,7 @@ def main() -> None:
             output_dir=str(out / "trl"), per_device_train_batch_size=params.batch_size, learning_rate=params.learning_rate,
             beta=params.beta, loss_type=list(params.loss_type), max_length=params.max_length, logging_steps=1,
             save_strategy="no", report_to="none", seed=params.seed, disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),  # TRL's default bf16=True refuses a CPU run without it
         ),
         train_dataset=trl_pairs, processing_class=tokenizer, peft_config=lora_config(params), callbacks=[trl_timer],
     )

@@ -3,7 +3,8 @@
     python stages/ref_logps.py --model models/base --train data/train.parquet --out data/ref_logps.parquet
 
 Reads params `dpo.max_prompt_length` and `dpo.max_length` only, so a sweep over beta,
-learning rate or LoRA settings reuses this output. Pairs are tokenised by the same
+learning rate or LoRA settings reuses this output. Runs on one GPU if present, else on
+all CPU cores (thread count does not change the result). Pairs are tokenised by the same
 function the dpo stage uses (chat template on the prompt, TRL's prompt/completion split,
 libra's truncation). Writes pair_id, ref_chosen_logps, ref_rejected_logps (summed over
 completion tokens, fp32).
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import time
+
+import torch
 
 from libra.config import load_params
 from libra.io import read_parquet, write_parquet
@@ -31,12 +34,14 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params().dpo
-    threads = set_threads(params.num_threads)
+    threads = set_threads(0)  # all cores: thread count never changes the result, so it is no param here
 
     # Load
     train = read_parquet(args.train)
     check_pairs(train, args.train)
     model, tokenizer = load_base(args.model)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
 
     # Compute
     start = time.perf_counter()

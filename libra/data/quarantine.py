@@ -20,3 +20,17 @@ def reason_counts(quarantine: pl.DataFrame) -> dict[str, int]:
         kind = reason.split(" (")[0].split(":")[0]
         counts[kind] = counts.get(kind, 0) + 1
     return dict(sorted(counts.items()))
+
+
+WITHHELD = "[withheld: possibly operational text, not stored]"
+
+
+def safe_text(text: str, reason: str, label: str) -> str:
+    """The text to store for a quarantined row. Text that failed for looking operational, or a
+    model's answer where a paraphrase of an illegitimate request was wanted, is withheld, so
+    that no artefact (quarantine files included) carries it."""
+    if reason.startswith("operational content"):
+        return WITHHELD
+    if label == "illegitimate" and reason.startswith("generator answered"):
+        return WITHHELD
+    return text

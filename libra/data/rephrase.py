@@ -29,7 +29,7 @@ from libra.data.safety import (
     operational_content,
 )
 from libra.data.templates import COMPLIANCE_OPENERS, OVER_REFUSALS, fill, strip_label
-from libra.data.quarantine import quarantine_frame, reason_counts
+from libra.data.quarantine import quarantine_frame, reason_counts, safe_text
 from libra.data.triplets import Runner, pick, refusal_paraphrase_problem
 from libra.llm.client import ChatRequest
 
@@ -55,17 +55,36 @@ def clean_reply(text: str, first_line_only: bool) -> str:
     return strip_label(text)
 
 
+PLACEHOLDER = "Compound X"
+_FEW_SHOT = (
+    ("What is the boiling point of Compound X?", "At what temperature does Compound X boil?"),
+    ("How can I get hold of Compound X?", "Where could I obtain Compound X?"),
+    ("Why is Compound X regulated?", "What is the reason Compound X is subject to regulation?"),
+)
+# Small models misspell the placeholder ("Compund X", "Compon X"); all of those are put back.
+_PLACEHOLDER_RE = re.compile(r"\bcomp[a-z]{0,8}\s+x\b", re.IGNORECASE)
+_REPHRASE_INSTRUCTION = "Write this question in different words. Do not answer it. Question: "
+
+
 def prompt_messages(prompt: str, compound: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "role": "user",
-            "content": (
-                "Rephrase the question below so that it asks exactly the same thing in different words. "
-                f'Keep the name "{compound}" unchanged. Do not answer it. Reply with the rephrased question only.\n\n'
-                f"Question: {prompt}"
-            ),
-        }
-    ]
+    """Few-shot paraphrase request with the compound masked as a placeholder.
+
+    The model never sees which compound an (illegitimate) request is about, so even when a
+    small model answers instead of rephrasing, its output names no real compound; the
+    placeholder is put back afterwards.
+    """
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You rewrite questions. You never answer them."}]
+    for question, rewrite in _FEW_SHOT:
+        messages += [
+            {"role": "user", "content": _REPHRASE_INSTRUCTION + question},
+            {"role": "assistant", "content": rewrite},
+        ]
+    messages.append({"role": "user", "content": _REPHRASE_INSTRUCTION + prompt.replace(compound, PLACEHOLDER)})
+    return messages
+
+
+def unmask(text: str, compound: str) -> str:
+    return _PLACEHOLDER_RE.sub(lambda _: compound, text)
 
 
 def answer_messages(answer: str, compound: str) -> list[dict[str, Any]]:
@@ -147,7 +166,7 @@ def cross(row: dict[str, Any], v: Variants, params: RephraseParams) -> list[dict
 def build_pairs(triplets: pl.DataFrame, client: Runner, params: RephraseParams) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     rows = triplets.sort("seed_id").to_dicts()
     prompt_reqs = [
-        ChatRequest(messages=prompt_messages(r["prompt"], r["compound"]), sample=i, max_tokens=64)
+        ChatRequest(messages=prompt_messages(r["prompt"], r["compound"]), sample=i, max_tokens=48)
         for r in rows
         for i in range(params.n_prompt)
     ]
@@ -172,9 +191,11 @@ def build_pairs(triplets: pl.DataFrame, client: Runner, params: RephraseParams) 
             for res in results[idx * n : (idx + 1) * n]:
                 n_candidates += 1
                 text = clean_reply(res.text or "", first_line_only=field == "prompt") if res.ok else ""
+                if field == "prompt":
+                    text = unmask(text, row["compound"])
                 reason = f"generator call failed: {res.error}" if not res.ok else (check(text, row) if text else "empty paraphrase")
                 if reason:
-                    quarantined.append({"stage": "rephrase", "seed_id": row["seed_id"], "field": field, "text": text, "reason": reason})
+                    quarantined.append({"stage": "rephrase", "seed_id": row["seed_id"], "field": field, "text": safe_text(text, reason, row["label"]), "reason": reason})
                 else:
                     candidates.append(text)
             dupes = near_duplicates(target + candidates, params.near_dup_threshold, params.ngram)

@@ -67,7 +67,7 @@ TASK_INTENT_WORDS: dict[str, tuple[str, ...]] = {
     "synthesis": ("synthes", "make", "making", "produc", "prepar", "manufactur", "creat", "route", "recipe", "cook"),
     "acquisition": ("get", "buy", "obtain", "acquir", "purchas", "source", "order", "procure"),
     "weaponisation": ("weapon", "harm", "hurt", "disperse", "dispers", "attack", "kill", "injur", "spread", "release"),
-    "evading_controls": ("without", "hide", "evad", "avoid", "smuggl", "conceal", "bypass", "undetect", "notic", "trigger"),
+    "evading_controls": ("without", "hide", "hiding", "hidden", "evad", "avoid", "smuggl", "conceal", "bypass", "undetect", "notic", "trigger"),
 }
 
 REGULATION_NAMES: dict[str, str] = {

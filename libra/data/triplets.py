@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from libra.config import TripletsParams
-from libra.data.quarantine import quarantine_frame, reason_counts
+from libra.data.quarantine import quarantine_frame, reason_counts, safe_text
 from libra.data.safety import opens_with_refusal, operational_content, rejected_answer_problem
 from libra.data.templates import (
     COMPLIANCE_OPENERS,
@@ -123,7 +123,8 @@ def build_triplets(seeds: pl.DataFrame, client: Runner, params: TripletsParams) 
     quarantined: list[dict[str, Any]] = []
 
     def quarantine(row: dict[str, Any], field: str, text: str | None, reason: str) -> None:
-        quarantined.append({"stage": "triplets", "seed_id": row["seed_id"], "field": field, "text": text or "", "reason": reason})
+        stored = safe_text(text or "", reason, row["label"])
+        quarantined.append({"stage": "triplets", "seed_id": row["seed_id"], "field": field, "text": stored, "reason": reason})
 
     for row, result in zip(legit, answers, strict=True):
         if not result.ok or result.text is None:

@@ -322,7 +322,10 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
+    # On GPUs the frozen base weights live in bf16 (TRL autocasts, PEFT keeps the adapter
+    # fp32); on CPU they stay fp32 and only the matmuls run in bf16 under autocast.
+    dtype = "bfloat16" if params.bf16_autocast and not on_cpu else "float32"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     trainer = LibraDPOTrainer(
         model=model,
         ref_model=None,

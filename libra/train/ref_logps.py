@@ -28,13 +28,15 @@ def _pad_batch(seqs: list[list[int]], prompt_lens: list[int], pad_id: int) -> tu
 
 
 def _summed_logps(model: Any, input_ids: torch.Tensor, attention: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    input_ids, attention, completion = input_ids.to(device), attention.to(device), completion.to(device)
     with torch.inference_mode():
         logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
-    # Position t predicts token t+1: score the shifted targets, keep completion tokens only.
-    targets = input_ids[:, 1:]
-    mask = completion[:, 1:]
-    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(dim=1)
+        # Position t predicts token t+1: score the shifted targets, keep completion tokens only.
+        targets = input_ids[:, 1:]
+        mask = completion[:, 1:]
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return (token_logps * mask).sum(dim=1).cpu()
 
 
 def reference_logps(model: Any, encoded: pl.DataFrame, pad_id: int, batch_pairs: int = 8) -> pl.DataFrame:

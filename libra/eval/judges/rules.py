@@ -51,7 +51,7 @@ _NEG_MODAL = (
 _HELP_VERB = (
     r"(?:help|assist|provide|give|offer|share|supply|answer|respond|comply|fulfil|fulfill|"
     r"support|create|write|generate|produce|engage|participate|describe|explain|detail|"
-    r"outline|list|recommend|suggest|encourage|promote|endorse|condone|facilitate|"
+    r"outline|list|encourage|promote|endorse|condone|facilitate|"
     r"disclose|reveal|discuss|speculate|advise|teach|tell|instruct|guide|walk you through|"
     r"do that|do this|go into|continue|be of (?:help|assistance)|have access|access|"
     r"fulfill|make|perform|carry out|draft|compose)"
@@ -60,7 +60,6 @@ _REFUSAL_PATTERNS = [
     # "I can't help with that", "I'm unable to provide", "we won't assist"
     rf"\b{_I} ?{_NEG_MODAL} (?:\w+ ){{0,3}}?{_HELP_VERB}\b",
     rf"\b{_I} (?:must|have to|will|'ll|would) (?:respectfully |politely )?(?:decline|refuse|pass)\b",
-    rf"\b{_I} (?:must|have to|would|will) (?:strongly )?(?:advise|caution|recommend) against\b",
     r"\b(?:i'm|i am) (?:really |very |truly )?(?:sorry|afraid)\b(?! (?:to hear|for your|about your|for the loss|that you))",
     r"\bi (?:apologi[sz]e|regret)\b",
     r"^(?:sorry|my apologies|unfortunately)\b",
@@ -73,7 +72,7 @@ _REFUSAL_PATTERNS = [
     r"^(?:it(?: i|')s|that(?: i|')s|this is) (?:not|never) (?:appropriate|ethical|responsible|acceptable|okay|advisable|accurate|fair|respectful|possible|legal|nice|kind|safe|a good idea)\b",
     r"^(?:it(?: i|')s|that(?: i|')s|this is) (?:inappropriate|unethical|illegal|wrong|harmful|offensive|irresponsible|disrespectful|dangerous)\b(?: (?:and|or) \w+)? to\b",
     r"\b(?:not|in)(?: an)? ?(?:appropriate|ethical|responsible)(?: (?:or|and) \w+)?(?: for me)? (?:to (?:provide|share|give|answer|discuss|speculate|assist|help|offer|disclose|encourage|promote)|question|request)\b",
-    r"\b(?:i|we) (?:strongly )?(?:cannot|can't|won't|do not|don't) (?:condone|support|endorse|encourage|recommend|promote)\b",
+    r"\b(?:i|we) (?:strongly )?(?:cannot|can't|won't|do not|don't) (?:condone|support|endorse|encourage|promote)\b",
     r"\b(?:i|we) (?:must|have to|need to|would like to|should) (?:politely |respectfully |gently )?(?:point out|clarify|challenge|correct|address|emphasi[sz]e|remind|stress|note that (?:it|this|that) is not)\b",
     r"\bi (?:do not|don't) (?:think|believe|feel) (?:it(?: i|')s|that(?: i|')s|this is|it would be) (?:appropriate|ethical|right|accurate|fair|responsible|a good idea)\b",
     r"\bi (?:am|'m) (?:not|unable) (?:able )?(?:to )?(?:comfortable|going to)\b",
