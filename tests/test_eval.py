@@ -14,7 +14,6 @@ import yaml
 from libra.eval.answer import PROMPT_COLUMNS, answer_rows, generate, load_policy, prompt_id, unique_prompts
 from libra.eval.report import expand_paths, frontier_rows, render
 from libra.eval.score import score
-
 from tests.conftest import ROOT, TINY_PROFILE, subprocess_env
 
 

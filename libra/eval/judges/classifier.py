@@ -34,8 +34,8 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 
 from libra.config import ClassifierParams, params_hash
 from libra.errors import InputError, LibraError
-from libra.io import atomic_path
 from libra.eval.judges.verdict import Verdict
+from libra.io import atomic_path
 
 REFUSAL, COMPLIANCE = 1, 0
 

@@ -42,8 +42,10 @@ SYSTEM = (
 
 class JudgeReply(BaseModel):
     verdict: Literal["compliance", "refusal", "partial_refusal"]
-    # Bounded so a constrained reply fits the judge's max_tokens and stays valid JSON.
-    reason: str = Field(max_length=80)
+    # Bounded and plain so a constrained reply fits the judge's max_tokens and stays valid
+    # JSON: with a bare string, SmolLM2 copied the answer into the reason, raw newlines
+    # and all, and a third of the replies were cut off or invalid.
+    reason: str = Field(pattern=r"^[a-zA-Z0-9 ,.;:'()?!-]{0,80}$")
 
 
 _SYNONYMS: dict[str, str] = {

@@ -1,0 +1,136 @@
+"""End to end: a real `dvc repro` of the whole pipeline on the tiny profile, then the
+incremental reruns, an experiment sweep, and sharing through a DVC remote.
+
+The project is copied into a temporary git repository; stages reuse the session's llama.cpp
+server through $LIBRA_LOCAL_URL (a stage would otherwise start its own).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from libra.data.safety import rejected_answer_problem
+from libra.llm.local import LOCAL_URL_ENV
+
+from .conftest import ROOT, TINY_PROFILE, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=cwd, env=env or subprocess_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def ran_stages(output: str) -> list[str]:
+    return sorted(set(re.findall(r"Running stage '([^']+)'", output)))
+
+
+def make_project(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    # DVC outputs committed by a real run (dvc.lock, metrics) are regenerated here.
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    shutil.copy(TINY_PROFILE, dest / "params.yaml")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        sh(cmd, dest)
+    return dest
+
+
+def set_param(project: Path, dotted: str, value: object) -> None:
+    import yaml
+
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, local_url: str) -> Path:
+    proj = make_project(tmp_path_factory.mktemp("libra"))
+    start = time.perf_counter()
+    out = sh(["dvc", "repro"], proj, subprocess_env(**{LOCAL_URL_ENV: local_url}))
+    print(f"tiny-profile dvc repro: {time.perf_counter() - start:.1f} s; stages: {ran_stages(out.stdout)}")
+    return proj
+
+
+def test_full_repro_writes_every_output(project: Path) -> None:
+    for rel in ("data/train.parquet", "data/test.parquet", "data/README.md", "models/base", "models/dpo/adapter_config.json",
+                "metrics/train.json", "metrics/base.json", "metrics/dpo.json", "metrics/report.md"):  # fmt: skip
+        assert (project / rel).exists(), rel
+    for model in ("base", "dpo"):
+        m = json.loads((project / f"metrics/{model}.json").read_text())
+        for key in ("safety", "utility", "overall"):
+            assert 0.0 <= m[key] <= 1.0
+    shown = sh(["dvc", "metrics", "show", "--json"], project).stdout
+    assert "safety" in shown and "utility" in shown
+
+
+def test_data_outputs_are_safe_and_reconciled(project: Path) -> None:
+    train, test = pl.read_parquet(project / "data/train.parquet"), pl.read_parquet(project / "data/test.parquet")
+    assert not set(train["compound_id"]) & set(test["compound_id"])
+    for df in (train, test, pl.read_parquet(project / "data/triplets.parquet")):
+        for row in df.filter(pl.col("label") == "illegitimate").iter_rows(named=True):
+            assert rejected_answer_problem(row["rejected"]) is None, row["rejected"]
+    for stage in ("catalog", "triplets", "rephrase"):
+        stats = json.loads((project / f"metrics/data/{stage}.json").read_text())
+        assert stats["in"] == stats["out"] + stats["quarantined"], stage
+        q = pl.read_parquet(project / f"data/quarantine/{stage}.parquet")
+        assert q.height == stats["quarantined"] and q["reason"].null_count() == 0
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files={"train": str(project / "data/train.parquet")})
+    assert ds["train"].num_rows == train.height
+
+
+def test_noop_repro_runs_nothing(project: Path) -> None:
+    start = time.perf_counter()
+    out = sh(["dvc", "repro"], project)
+    elapsed = time.perf_counter() - start
+    assert ran_stages(out.stdout) == []
+    print(f"no-op dvc repro: {elapsed:.2f} s")
+
+
+def _repro_after(project: Path, local_url: str, dotted: str, value: object) -> list[str]:
+    set_param(project, dotted, value)
+    out = sh(["dvc", "repro"], project, subprocess_env(**{LOCAL_URL_ENV: local_url}))
+    return ran_stages(out.stdout)
+
+
+def test_judge_param_reruns_only_judge_score_report(project: Path, local_url: str) -> None:
+    ran = _repro_after(project, local_url, "judge.fusion", "any_refusal")
+    assert ran == ["judge@base", "judge@dpo", "report", "score@base", "score@dpo"], ran
+    for model in ("base", "dpo"):
+        usage = json.loads((project / f"metrics/usage/judge-{model}.json").read_text())
+        assert usage["requests"] == 0, usage  # every LLM-judge call was cached
+
+
+def test_beta_reruns_dpo_and_what_follows_only(project: Path, local_url: str) -> None:
+    ran = _repro_after(project, local_url, "dpo.beta", 0.2)
+    assert ran == ["answer@dpo", "dpo", "judge@dpo", "report", "score@dpo"], ran
+
+
+def test_rephrase_param_reruns_from_rephrase_with_no_repeated_llm_calls(project: Path, local_url: str) -> None:
+    ran = _repro_after(project, local_url, "rephrase.max_pairs_per_seed", 3)
+    assert "rephrase" in ran and "split" in ran
+    assert not {"catalog", "seeds", "triplets", "base_model", "classifier"} & set(ran), ran
+    usage = json.loads((project / "metrics/usage/rephrase.json").read_text())
+    assert usage["requests"] == 0 and usage["cache_hits"] == usage["calls"], usage
