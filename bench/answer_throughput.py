@@ -1,4 +1,4 @@
-"""python bench/answer_throughput.py [--model models/base | --tiny] [--n 32] [--batch-size 16] [--max-new-tokens 32]
+"""python bench/answer_throughput.py [--model models/base | --tiny] [--n 32] [--batch-size 16] [--max-new-tokens 64] [--threads 0]
 
 Batched against one-prompt-at-a-time greedy generation, same prompts, same model, the
 same code path as the answer stage (libra.eval.answer.generate). Prints prompts/s for
@@ -15,6 +15,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -81,10 +83,16 @@ def main() -> None:
     p.add_argument("--test", default="data/test.parquet", help="prompts source if it exists (default: %(default)s)")
     p.add_argument("--n", type=int, default=32, help="number of prompts (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="batched mode batch size (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens per answer (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer (default: %(default)s, as eval)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads; 0 = one per core, as the answer stage (default: %(default)s). "
+                   "On a busy machine 1 avoids threads waiting on each other")
     args = p.parse_args()
 
     threads = set_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threads = args.threads
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer = load_policy(resolve_model(args, Path(tmp)))
     prompts = bench_prompts(args.n, Path(args.test))

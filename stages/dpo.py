@@ -1,4 +1,4 @@
-"""Train a LoRA adapter with DPO over the base model.
+r"""Train a LoRA adapter with DPO over the base model.
 
     python stages/dpo.py --model models/base --train data/train.parquet \
         --ref-logps data/ref_logps.parquet --out models/dpo \
@@ -21,9 +21,9 @@ from pathlib import Path
 from libra.config import load_params
 from libra.io import read_parquet, write_json
 from libra.stage import entrypoint
-from libra.train.dpo import run_fingerprint, save_adapter, train, training_dataset, write_curves
+from libra.train.dpo import per_device_batch, run_fingerprint, save_adapter, train, training_dataset, write_curves
 from libra.train.encode import check_pairs, encode_pairs
-from libra.train.runtime import rank, relaunch_under_torchrun, seed_everything, set_threads, world_size
+from libra.train.runtime import load_tokenizer, rank, relaunch_under_torchrun, seed_everything, set_threads, world_size
 
 
 @entrypoint
@@ -39,17 +39,16 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params().dpo
+    per_device_batch(params, params.num_processes)  # a bad split fails here, before any launch
     if params.num_processes > 1 and world_size() == 1:
         relaunch_under_torchrun(params.num_processes, [__file__, *sys.argv[1:]])
     threads = set_threads(params.num_threads)
     seed_everything(params.seed)
 
     # Load
-    from transformers import AutoTokenizer
-
     train_pairs = read_parquet(args.train)
     check_pairs(train_pairs, args.train)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
     encoded = encode_pairs(train_pairs, tokenizer, params.max_prompt_length, params.max_length)
     dataset = training_dataset(encoded, read_parquet(args.ref_logps), args.ref_logps)
     fingerprint = run_fingerprint(params, world_size(), Path(args.model), [Path(args.train), Path(args.ref_logps)])

@@ -74,10 +74,10 @@ def project(tmp_path_factory: pytest.TempPathFactory, local_url: str) -> Path:
 
 def test_full_repro_writes_every_output(project: Path) -> None:
     for rel in ("data/train.parquet", "data/test.parquet", "data/README.md", "models/base", "models/dpo/adapter_config.json",
-                "metrics/train.json", "metrics/base.json", "metrics/dpo.json", "metrics/report.md"):  # fmt: skip
+                "metrics/train.json", "metrics/eval/base.json", "metrics/eval/dpo.json", "metrics/report.md"):  # fmt: skip
         assert (project / rel).exists(), rel
     for model in ("base", "dpo"):
-        m = json.loads((project / f"metrics/{model}.json").read_text())
+        m = json.loads((project / f"metrics/eval/{model}.json").read_text())
         for key in ("safety", "utility", "overall"):
             assert 0.0 <= m[key] <= 1.0
     shown = sh(["dvc", "metrics", "show", "--json"], project).stdout

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 import yaml
 
-from libra.config import DPOParams
+from libra.config import DPOParams, LoraParams
 from libra.train.dpo import prepare_checkpoints, run_fingerprint, training_dataset
 from libra.train.encode import encode_pair, encode_pairs
 from libra.train.ref_logps import reference_logps
@@ -84,6 +84,22 @@ def run_stage(script: str, *args: object, params: Path, cwd: Path) -> subprocess
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+# --- base model ----------------------------------------------------------------------------
+
+
+def test_base_model_from_a_local_dir_is_a_plain_fp32_checkpoint(tiny_base: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from libra.train.base_model import materialise, sha256_dir
+
+    provenance = materialise(str(tiny_base), tmp_path / "base")
+    assert provenance["sha256"] == sha256_dir(tiny_base)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    assert model.dtype.is_floating_point and str(model.dtype) == "torch.float32"
+    assert getattr(model.config, "quantization_config", None) is None
+    assert AutoTokenizer.from_pretrained(tmp_path / "base").chat_template
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -218,3 +234,31 @@ def test_two_processes_train_and_write_the_adapter_once(trained: Path, tiny_base
     metrics = json.loads((trained / "train2.json").read_text())
     assert metrics["processes"] == 2 and metrics["steps"] == 2
     assert (trained / "dpo2" / "adapter_model.safetensors").exists()
+
+
+def test_completion_only_lm_head_gives_trl_loss_and_gradients(tiny_base: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    from libra.train.dpo import LibraDPOTrainer, dpo_config, lora_config
+
+    params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0))
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    encoded = encode_pairs(make_pairs(4), tok, 64, 128)
+    ref = pl.DataFrame({"pair_id": encoded["pair_id"], "ref_chosen_logps": [-50.0] * 4, "ref_rejected_logps": [-60.0] * 4})
+    trainer = LibraDPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_base, dtype="float32"),
+        args=dpo_config(params, tmp_path / "ckpt", world=1, on_cpu=True),
+        train_dataset=training_dataset(encoded, ref, "ref"), processing_class=tok, peft_config=lora_config(params),
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    results = []
+    for compute in (LibraDPOTrainer.compute_loss, DPOTrainer.compute_loss):
+        trainer.model.zero_grad()
+        loss = compute(trainer, trainer.model, batch)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+        results.append((loss.item(), grads))
+    assert abs(results[0][0] - results[1][0]) < 1e-5
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6, rtol=1e-4)

@@ -10,7 +10,8 @@ bench/dpo_throughput.py):
   `bf16=True` does not autocast on CPU); weights, adapter, optimizer and loss stay fp32;
 - no gradient checkpointing (TRL's default): a 135M model's activations fit, and
   recomputing them costs a third more compute;
-- batches are grouped by length (LengthBucketSampler), so little compute goes to padding.
+- batches are grouped by length (LengthBucketSampler), so little compute goes to padding;
+- the LM head scores completion positions only (TRL does so on GPUs, not on CPU).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from trl import DPOConfig, DPOTrainer
 from libra.config import DPOParams, params_hash
 from libra.errors import InputError, ParamsError
 from libra.io import write_json
-from libra.train.runtime import world_size
+from libra.train.runtime import load_tokenizer, world_size
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 RUN_FILE = "libra_run.json"
@@ -76,10 +78,38 @@ class LibraDPOTrainer(DPOTrainer):
             self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+        with completion_positions_only():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
     def autocast_smart_context_manager(self, cache_enabled: bool | None = True) -> contextlib.AbstractContextManager:
         if self._cpu_bf16:
             return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache_enabled)
         return super().autocast_smart_context_manager(cache_enabled)
+
+
+@contextlib.contextmanager
+def completion_positions_only() -> Iterator[None]:
+    """Let TRL's fused LM head score only completion positions, on CPU too.
+
+    TRL 1.16 projects hidden states through the 49k-token LM head in tiles and keeps only
+    the positions with a label ("compact") when `_use_triton(device)` says so, i.e. on
+    CUDA/XPU; elsewhere it scores every position, prompt and padding included, because
+    changing shapes would recompile on Neuron. Eager CPU has no such cost, and the head
+    was 45 % of a CPU step. Same values (tested); without the hook (another TRL version)
+    this is a no-op.
+    """
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 class LengthBucketSampler(torch.utils.data.Sampler[int]):
@@ -156,6 +186,9 @@ def dpo_config(params: DPOParams, checkpoints: Path, world: int, on_cpu: bool) -
         max_length=params.max_length,
         precompute_ref_log_probs=True,
         gradient_checkpointing=False,
+        # TRL's default (True) would zero every dropout, LoRA's included, silently
+        # overriding dpo.lora.dropout; SmolLM2/Llama configs have no other dropout.
+        disable_dropout=False,
         bf16=params.bf16_autocast and not on_cpu,
         use_cpu=on_cpu,
         seed=params.seed,
@@ -308,7 +341,7 @@ def train(
     Every rank calls this; only the caller on the main process should write outputs.
     """
     from accelerate import PartialState
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     on_cpu = not torch.cuda.is_available()
     world = world_size()
@@ -319,9 +352,7 @@ def train(
     state.wait_for_everyone()
     resume = last_checkpoint(checkpoints)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_dir)
     # On GPUs the frozen base weights live in bf16 (TRL autocasts, PEFT keeps the adapter
     # fp32); on CPU they stay fp32 and only the matmuls run in bf16 under autocast.
     dtype = "bfloat16" if params.bf16_autocast and not on_cpu else "float32"

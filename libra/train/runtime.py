@@ -50,9 +50,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_base(model_dir: str | os.PathLike[str]) -> tuple[Any, Any]:
-    """The base checkpoint (fp32) and its tokenizer, with a pad token set."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(model_dir: str | os.PathLike[str]) -> Any:
+    """The checkpoint's tokenizer (it must carry a chat template), with a pad token set."""
+    from transformers import AutoTokenizer
 
     path = Path(model_dir)
     if not (path / "config.json").exists():
@@ -62,8 +62,15 @@ def load_base(model_dir: str | os.PathLike[str]) -> tuple[Any, Any]:
         raise InputError(f"{path}: the tokenizer has no chat template; rebuild it with `dvc repro base_model`")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-    return model, tokenizer
+    return tokenizer
+
+
+def load_base(model_dir: str | os.PathLike[str]) -> tuple[Any, Any]:
+    """The base checkpoint (fp32) and its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(model_dir)
+    return AutoModelForCausalLM.from_pretrained(Path(model_dir), dtype="float32"), tokenizer
 
 
 def relaunch_under_torchrun(nproc: int, argv: list[str]) -> None:
@@ -75,5 +82,4 @@ def relaunch_under_torchrun(nproc: int, argv: list[str]) -> None:
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *argv]
     print(f"dpo: relaunching under torchrun with {nproc} processes", flush=True)
-    sys.stdout.flush()
     os.execv(sys.executable, cmd)
