@@ -2,6 +2,7 @@
 
     libra params                      # validate params.yaml and print its hash
     libra cache stats | clear         # the shared LLM call cache
+    libra cache export PATH | merge PATH   # share it with a teammate
     libra serve --port 8080           # the embedded llama.cpp server, in the foreground
     libra judge --input IN.jsonl --output OUT.jsonl --judges rules,classifier,llm
 """
@@ -31,6 +32,13 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     try:
         if args.action == "stats":
             print(json.dumps(cache.stats(), indent=2))
+        elif args.action in ("export", "merge"):
+            if not args.path:
+                raise LibraError(f"libra cache {args.action} needs a PATH (the shared cache file)")
+            if args.action == "export":
+                print(f"exported {cache.export(args.path)} cached calls to {args.path}")
+            else:
+                print(f"merged {cache.merge(args.path)} new cached calls from {args.path} into {params.llm.cache_path}")
         else:
             removed = cache.clear(stage=args.stage)
             scope = f"stage {args.stage}" if args.stage else "all stages"
@@ -66,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_params)
 
     p = sub.add_parser("cache", help="inspect or clear the shared LLM call cache (llm.cache_path)")
-    p.add_argument("action", choices=["stats", "clear"], help="stats: entries, tokens, per stage; clear: delete entries")
+    p.add_argument(
+        "action",
+        choices=["stats", "clear", "export", "merge"],
+        help="stats: entries, tokens, per stage; clear: delete entries; export PATH: a single-file snapshot to share "
+        "(e.g. with dvc add + dvc push); merge PATH: add a teammate's exported entries",
+    )
+    p.add_argument("path", nargs="?", default=None, help="the shared cache file (export / merge)")
     p.add_argument("--stage", default=None, help="with clear: only this stage's entries (default: all)")
     p.set_defaults(func=_cmd_cache)
 

@@ -140,13 +140,6 @@ class LoraParams(Section):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
-class SFTParams(Section):
-    enabled: bool = False
-    learning_rate: float = Field(2e-4, gt=0)
-    max_steps: int = Field(20, ge=1)
-    batch_size: int = Field(4, ge=1)
-
-
 LossType = Literal["sigmoid", "ipo", "hinge", "robust", "sft"]
 
 
@@ -231,7 +224,6 @@ class Params(Section):
     rephrase: RephraseParams = RephraseParams()
     split: SplitParams = SplitParams()
     base_model: BaseModelParams = BaseModelParams()
-    sft: SFTParams = SFTParams()
     dpo: DPOParams = DPOParams()
     eval: EvalParams = EvalParams()
     classifier: ClassifierParams = ClassifierParams()

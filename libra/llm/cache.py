@@ -120,5 +120,30 @@ class CallCache:
         self._db.execute("VACUUM")
         return int(cur.rowcount)
 
+    def export(self, dest: str | os.PathLike[str]) -> int:
+        """Write a consistent single-file snapshot (no WAL side files) for sharing."""
+        target = Path(dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        out = sqlite3.connect(target)
+        try:
+            self._db.backup(out)
+            out.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            out.close()
+        return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+
+    def merge(self, source: str | os.PathLike[str]) -> int:
+        """Add another cache's entries (a teammate's export); existing keys are kept."""
+        if not Path(source).exists():
+            raise LibraError(f"{source} not found; export a cache with `libra cache export PATH` (or dvc pull it) first")
+        before = int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
+        self._db.execute("ATTACH DATABASE ? AS other", (str(source),))
+        try:
+            self._db.execute("INSERT OR IGNORE INTO calls SELECT * FROM other.calls")
+        finally:
+            self._db.execute("DETACH DATABASE other")
+        return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]) - before
+
     def close(self) -> None:
         self._db.close()
