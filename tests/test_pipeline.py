@@ -129,7 +129,7 @@ def test_beta_reruns_dpo_and_what_follows_only(project: Path, local_url: str) ->
 
 
 def test_rephrase_param_reruns_from_rephrase_with_no_repeated_llm_calls(project: Path, local_url: str) -> None:
-    ran = _repro_after(project, local_url, "rephrase.max_pairs_per_seed", 3)
+    ran = _repro_after(project, local_url, "rephrase.max_pairs_per_seed", 1)
     assert "rephrase" in ran and "split" in ran
     assert not {"catalog", "seeds", "triplets", "base_model", "classifier"} & set(ran), ran
     usage = json.loads((project / "metrics/usage/rephrase.json").read_text())
