@@ -66,11 +66,25 @@ def call_key(
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def resolve_cache_path(path: str | os.PathLike[str], cwd: Path | None = None) -> Path:
+    """A relative cache path is relative to the project root. Queued DVC experiments run in
+    `<root>/.dvc/tmp/exps/<tmp>/`; they resolve to the root's cache, so a sweep repeats no call."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    here = (cwd or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i]) / p
+    return here / p
+
+
 class CallCache:
     """A thin SQLite store. WAL mode lets several processes read and write at once."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = resolve_cache_path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)

@@ -108,7 +108,7 @@ def response_format(schema: dict[str, Any], local: bool) -> dict[str, Any]:
 def validate_reply(text: str, schema: type[BaseModel] | dict[str, Any]) -> dict[str, Any]:
     """Parse a structured reply; raise ValueError with a short reason when it does not fit."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, strict=False)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid_json: {exc.msg} at char {exc.pos}") from None
     if isinstance(schema, dict):
