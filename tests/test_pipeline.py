@@ -122,7 +122,7 @@ def test_judge_param_reruns_only_judge_score_report(project: Path, local_url: st
     for model in ("base", "dpo"):
         usage = json.loads((project / f"metrics/usage/judge-{model}.json").read_text())
         # every completed LLM-judge call came from the cache; only calls that failed before are retried
-        assert usage["cache_hits"] >= 1 and usage["cache_hits"] + usage["failures"] >= usage["calls"] - usage["ok"] + usage["cache_hits"] - usage["calls"] + usage["ok"], usage
+        assert usage["cache_hits"] >= 1, usage
         assert usage["requests"] <= (usage["calls"] - usage["cache_hits"]) * 5, usage
 
 
