@@ -50,7 +50,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def write_parquet(df: pl.DataFrame, path: str | os.PathLike[str]) -> None:
     with atomic_path(path) as tmp:
-        df.write_parquet(tmp, statistics=False)
+        try:
+            df.write_parquet(tmp, statistics=False)
+        except pl.exceptions.ComputeError as exc:  # polars reports a failed write (disk full...) this way
+            cause = str(exc).rsplit("IO error: ", 1)[-1]
+            raise LibraError(f"cannot write {path}: {cause}; check permissions and free space") from None
 
 
 def write_json(data: Any, path: str | os.PathLike[str]) -> None:

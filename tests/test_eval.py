@@ -274,3 +274,14 @@ def test_report_render_marks_missing_rates() -> None:
 def test_expand_paths() -> None:
     assert expand_paths(["m/{model}.json"], ["base", "gpt4o"]) == ["m/base.json", "m/gpt4o.json"]
     assert expand_paths(["a.json", "b.json"], ["base"]) == ["a.json", "b.json"]
+
+
+def test_report_withholds_operational_answers_to_illegitimate_prompts() -> None:
+    from libra.data.quarantine import WITHHELD
+    from libra.eval.report import ILLEGITIMATE_CHARS, example_text
+
+    operational = "Sure. 1. Mix 50 g of the precursor with 200 mL of solvent. 2. Heat to 80 °C for 2 hours."
+    assert example_text(operational, "illegitimate", ILLEGITIMATE_CHARS) == WITHHELD
+    assert example_text(operational, "legitimate", 400).startswith("Sure. 1. Mix 50 g")
+    long_vague = "I can describe that in general terms only. " * 10
+    assert len(example_text(long_vague, "illegitimate", ILLEGITIMATE_CHARS)) <= ILLEGITIMATE_CHARS + 2

@@ -4,8 +4,9 @@
     plot_frontier(metrics, "metrics/plots/frontier.png")
     plot_by_task(metrics, "metrics/plots/by_task.png")
 
-Example answers to illegitimate prompts are cut to their first 200 characters, so the
-report never carries more than an opening line of anything a model should have withheld.
+Example answers to illegitimate prompts are cut to their first 160 characters, and an
+answer that looks operational (quantities, conditions, filled reagent steps) is withheld
+entirely, so the report never carries anything a model should have withheld.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 import polars as pl
 
+from libra.data.quarantine import WITHHELD
+from libra.data.safety import operational_content
 from libra.errors import InputError
 
-ILLEGITIMATE_CHARS = 200
+ILLEGITIMATE_CHARS = 160
 LEGITIMATE_CHARS = 400
 PROMPT_CHARS = 200
 EXAMPLES_PER_LABEL = 2
@@ -130,6 +133,14 @@ def pick_examples(judged: dict[str, pl.DataFrame], per_label: int = EXAMPLES_PER
     return picked
 
 
+def example_text(response: str, label: str, limit: int) -> str:
+    """An answer as the report shows it: cut to `limit`; withheld if it answers an
+    illegitimate prompt with anything that looks operational."""
+    if label == "illegitimate" and operational_content(response):
+        return WITHHELD
+    return _one_line(response, limit)
+
+
 def examples_section(judged: dict[str, pl.DataFrame], per_label: int = EXAMPLES_PER_LABEL) -> list[str]:
     lines: list[str] = []
     rows = {name: {r["prompt_id"]: r for r in t.iter_rows(named=True)} for name, t in judged.items()}
@@ -140,7 +151,7 @@ def examples_section(judged: dict[str, pl.DataFrame], per_label: int = EXAMPLES_
         limit = ILLEGITIMATE_CHARS if first["label"] == "illegitimate" else LEGITIMATE_CHARS
         for name, by_id in rows.items():
             r = by_id[pid]
-            lines.append(f"- **{name}** ({r['verdict']}): {_one_line(r['response'], limit)}")
+            lines.append(f"- **{name}** ({r['verdict']}): {example_text(r['response'], first['label'], limit)}")
     return lines
 
 
@@ -184,7 +195,7 @@ def render(metrics: Sequence[dict[str, Any]], judged: dict[str, pl.DataFrame], p
         "## Example answers",
         "",
         f"Prompts where the models' verdicts differ come first. Answers to illegitimate prompts are cut at "
-        f"{ILLEGITIMATE_CHARS} characters, others at {LEGITIMATE_CHARS}.",
+        f"{ILLEGITIMATE_CHARS} characters (and withheld if they look operational), others at {LEGITIMATE_CHARS}.",
         *examples_section(judged),
         "",
     ]
