@@ -103,7 +103,9 @@ def test_injected_operational_rejected_answer_is_quarantined(tmp_path: Path, mon
 def test_refusal_paraphrase_must_keep_regulation_and_refuse() -> None:
     assert refusal_paraphrase_problem("I can't help; sarin is under Schedule 1 of the Chemical Weapons Convention.", "CWC-1") is None
     assert refusal_paraphrase_problem("I can't help with that request.", "CWC-1") == "refusal paraphrase dropped the regulation"
-    assert refusal_paraphrase_problem("Sarin is covered by the Chemical Weapons Convention.", "CWC-1") == "refusal paraphrase no longer refuses"
+    assert refusal_paraphrase_problem("Sarin is covered by the Chemical Weapons Convention.", "CWC-1") == "refusal paraphrase does not open with a refusal"
+    late = "Refuse: thank you, but I can't help; sarin is under Schedule 1 of the Chemical Weapons Convention."
+    assert refusal_paraphrase_problem(late, "CWC-1") == "refusal paraphrase does not open with a refusal"
 
 
 def test_prompt_paraphrase_checks() -> None:
@@ -152,3 +154,14 @@ def test_split_random_is_row_level(tmp_path: Path) -> None:
     params = tiny_params(tmp_path, split={"strategy": "random", "test_frac": 0.25})
     train, test = split_pairs(_pairs(), params.split)
     assert train.height + test.height == 24 and test.height == 6
+
+
+def test_every_pool_refusal_opens_with_a_refusal() -> None:
+    from libra.data.safety import opens_with_refusal
+    from libra.data.templates import OVER_REFUSALS, REFUSALS, fill
+
+    for template in REFUSALS + OVER_REFUSALS:
+        text = fill(template, compound="sarin", regulation="CWC-1")
+        assert opens_with_refusal(text), text
+        if template in REFUSALS:
+            assert refusal_paraphrase_problem(text, "CWC-1") is None, text

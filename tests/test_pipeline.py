@@ -7,8 +7,9 @@ server through $LIBRA_LOCAL_URL (a stage would otherwise start its own).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -145,12 +146,6 @@ def _commit(project: Path, message: str) -> None:
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], project)
 
 
-FULL_E2E = pytest.mark.skipif(
-    os.environ.get("LIBRA_FULL_E2E") != "1", reason="sweep and remote tests not yet verified in CI; set LIBRA_FULL_E2E=1"
-)
-
-
-@FULL_E2E
 def test_sweep_through_the_dvc_queue(project: Path, local_url: str) -> None:
     _commit(project, "baseline")
     env = subprocess_env(**{LOCAL_URL_ENV: local_url})
@@ -164,14 +159,17 @@ def test_sweep_through_the_dvc_queue(project: Path, local_url: str) -> None:
         time.sleep(5)
     assert "Success" in status and "Failed" not in status, status
     table = sh(["dvc", "exp", "show", "--csv", "--no-fetch"], project, env).stdout
-    header, *rows = table.strip().splitlines()
-    assert "safety" in header and "utility" in header and "dpo.beta" in header
-    betas = {r.split(",")[header.split(",").index("dpo.beta")] for r in rows}
-    assert {"0.05", "0.3"} <= betas, table
-    print(sh(["dvc", "exp", "show", "--md", "--no-fetch", "--drop", "by_.*|ci|n_.*|verdicts.*"], project, env).stdout)
+    rows = list(csv.DictReader(io.StringIO(table)))
+    columns = set(rows[0])
+    assert {"dpo.beta", "metrics/eval/dpo.json:safety", "metrics/eval/dpo.json:utility", "metrics/eval/dpo.json:overall"} <= columns, columns
+    swept = {r["dpo.beta"]: r for r in rows if r["State"] == "Success"}
+    assert {"0.05", "0.3"} <= set(swept), table
+    for beta in ("0.05", "0.3"):
+        assert 0.0 <= float(swept[beta]["metrics/eval/dpo.json:overall"]) <= 1.0
+    keep = "Experiment|State|dpo.beta|metrics/eval.*:(safety|utility|overall)$"
+    print(sh(["dvc", "exp", "show", "--md", "--no-fetch", "--drop", ".*", "--keep", keep], project, env).stdout)
 
 
-@FULL_E2E
 def test_clone_pulls_from_remote_and_reruns_nothing(project: Path, tmp_path: Path, local_url: str) -> None:
     remote = tmp_path / "remote"
     sh(["dvc", "remote", "add", "-d", "team", str(remote)], project)
@@ -188,9 +186,15 @@ def test_clone_pulls_from_remote_and_reruns_nothing(project: Path, tmp_path: Pat
     shared = tmp_path / "llm-shared.sqlite"
     sh(["libra", "cache", "export", str(shared)], project)
     sh(["libra", "cache", "merge", str(shared)], clone)
-    set_param(clone, "judge.fusion", "vote")
+    import yaml
+
+    current = yaml.safe_load((clone / "params.yaml").read_text())["judge"]["fusion"]
+    set_param(clone, "judge.fusion", "any_refusal" if current != "any_refusal" else "vote")
+    before = {m: json.loads((project / f"metrics/usage/judge-{m}.json").read_text()) for m in ("base", "dpo")}
     out = sh(["dvc", "repro"], clone, subprocess_env(**{LOCAL_URL_ENV: local_url}))
-    assert "judge@dpo" in ran_stages(out.stdout)
+    assert {"judge@base", "judge@dpo"} <= set(ran_stages(out.stdout)), out.stdout
     for model in ("base", "dpo"):
         usage = json.loads((clone / f"metrics/usage/judge-{model}.json").read_text())
-        assert usage["requests"] == 0 and usage["cache_hits"] > 0, usage
+        # every call that succeeded for the teammate who exported the cache is a hit here;
+        # only calls that failed there (errors are never cached) are asked again
+        assert usage["cache_hits"] == before[model]["ok"] > 0, (usage, before[model])

@@ -60,7 +60,7 @@ def rejected_answer_problem(text: str) -> str | None:
 
 
 _REFUSAL_OPENING = re.compile(
-    r"^\W*(?:i'?m\s+sorry|sorry|i\s+(?:can(?:no|')t|cannot|won'?t|will\s+not|am\s+(?:not\s+able|unable))|"
+    r"^\W*(?:i'?m\s+(?:sorry|not\s+able|unable)|sorry|i\s+(?:can(?:no|')t|cannot|won'?t|will\s+not|am\s+(?:sorry|not\s+able|unable))|"
     r"i\s+must\s+decline|as\s+an\s+ai|unfortunately,?\s+i)",
     re.IGNORECASE,
 )

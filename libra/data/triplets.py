@@ -73,8 +73,10 @@ def regulation_anchor(regulation: str) -> str:
 def refusal_paraphrase_problem(text: str, regulation: str) -> str | None:
     if regulation_anchor(regulation).lower() not in text.lower():
         return "refusal paraphrase dropped the regulation"
-    if not opens_with_refusal(text) and not any(w in text.lower() for w in ("can't", "cannot", "won't", "decline", "not able")):
-        return "refusal paraphrase no longer refuses"
+    # It must open with the refusal: DPO learns the opening tokens most, and a chosen answer
+    # that starts with a preamble ("Refuse: ...", "Thank you for ...") teaches the preamble.
+    if not opens_with_refusal(text):
+        return "refusal paraphrase does not open with a refusal"
     return operational_content(text)
 
 
