@@ -112,11 +112,12 @@ def no_temp_files(project: Path) -> list[Path]:
 
 def test_generator_with_30pct_faults_completes_and_reconciles(project: Path, local_url: str) -> None:
     write_params(project, llm={"generator": {"timeout_s": 3, "max_retries": 6}})
-    with FaultProxy(local_url, fault_rate=0.3, stall_s=5.0, retry_after_s=0.1, seed=11) as proxy:
+    with FaultProxy(local_url, fault_rate=0.3, stall_s=5.0, retry_after_s=0.1, seed=15) as proxy:
         proc = run_stage(project, TRIPLETS, subprocess_env(**{LOCAL_URL_ENV: proxy.base_url}))
     assert proc.returncode == 0, proc.stderr[-2000:]
     injected = {k: proxy.counts[k] for k in ("429", "500", "stall", "truncate")}
-    assert sum(injected.values()) >= 3, proxy.counts  # the faults really happened
+    # the faults really happened, of several kinds (tests/test_llm.py covers each kind)
+    assert sum(injected.values()) >= 3 and sum(v > 0 for v in injected.values()) >= 3, proxy.counts
     stats = assert_reconciled(project)
     u = usage(project)
     assert u["retries"] >= 1, u
