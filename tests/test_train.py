@@ -26,13 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_PARAMS = ROOT / "tests" / "profiles" / "tiny.yaml"
 
 
-def make_pairs(n: int = 8) -> pl.DataFrame:
+def make_pairs(n: int = 8, names: tuple[str, ...] = ("sarin", "aspirin", "caffeine", "tabun"), illegitimate: tuple[str, ...] = ("sarin", "tabun")) -> pl.DataFrame:
     """Training pairs as the split stage writes them (safe template text)."""
-    names = ["sarin", "aspirin", "caffeine", "tabun"]
     rows = []
     for i in range(n):
         name = names[i % len(names)]
-        illegit = name in ("sarin", "tabun")
+        illegit = name in illegitimate
         refusal = f"I can't help with making {name}; it is controlled under the Chemical Weapons Convention."
         helpful = f"{name.capitalize()} is characterised by melting point and spectroscopy." + " It is well documented." * (i % 3)
         rows.append({
@@ -75,14 +74,15 @@ def tiny_profile(path: Path, **dpo: object) -> Path:
     return path
 
 
-def run_stage(script: str, *args: object, params: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_stage(script: str, *args: object, params: Path, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LIBRA_PARAMS": str(params), "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "stages" / script), *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
@@ -262,3 +262,50 @@ def test_completion_only_lm_head_gives_trl_loss_and_gradients(tiny_base: Path, t
         results.append((loss.item(), grads))
     assert abs(results[0][0] - results[1][0]) < 1e-5
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("dpo", "needle"),
+    [
+        ({"beta": 0.0}, "dpo.beta"),
+        ({"loss_type": ["sigmoid", "magic"]}, "dpo.loss_type"),
+        ({"lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "qkv_fused"]}}, "dpo.lora.target_modules"),
+    ],
+)
+def test_bad_dpo_params_fail_in_one_line_before_training(trained: Path, tiny_base: Path, dpo: dict, needle: str) -> None:
+    params = tiny_profile(trained / "bad.yaml", **dpo)
+    proc = run_stage(
+        "dpo.py", "--model", tiny_base, "--train", "train.parquet", "--ref-logps", "ref.parquet", "--out", "dpo_bad",
+        "--checkpoints", "ckpt_bad", "--metrics", "bad.json", "--plots", "dvclive_bad", params=params, cwd=trained, check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]  # above it at most library warnings, never a traceback
+    assert line.startswith("error: params:") and needle in line and "Traceback" not in proc.stderr, proc.stderr
+    assert not (trained / "dpo_bad").exists() and not (trained / "bad.json").exists()
+
+
+def test_dpo_loss_falls_and_held_out_reward_accuracy_is_high(tiny_base: Path, tmp_path: Path) -> None:
+    """Smoke test of learning: pairs about held-out compounds are ranked as the training pairs taught."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    params = tiny_profile(tmp_path / "params.yaml", max_steps=24, batch_size=4, learning_rate=0.002, save_steps=100, loss_type=["sigmoid"])
+    make_pairs(16).write_parquet(tmp_path / "train.parquet")
+    run_stage("ref_logps.py", "--model", tiny_base, "--train", "train.parquet", "--out", "ref.parquet", params=params, cwd=tmp_path)
+    run_stage(
+        "dpo.py", "--model", tiny_base, "--train", "train.parquet", "--ref-logps", "ref.parquet", "--out", "dpo",
+        "--checkpoints", "ckpt", "--metrics", "train.json", "--plots", "dvclive", params=params, cwd=tmp_path,
+    )
+    losses = [float(line.split("\t")[1]) for line in (tmp_path / "dvclive/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.1, losses  # from ln 2
+
+    held_out = make_pairs(8, names=("soman", "ibuprofen", "menthol", "cyclosarin"), illegitimate=("soman", "cyclosarin"))
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    encoded = encode_pairs(held_out, tok, 64, 128)
+    ref = reference_logps(AutoModelForCausalLM.from_pretrained(tiny_base, dtype="float32"), encoded, tok.pad_token_id)
+    policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base, dtype="float32"), tmp_path / "dpo").eval()
+    pol = reference_logps(policy, encoded, tok.pad_token_id)
+    margin = (pol["ref_chosen_logps"] - ref["ref_chosen_logps"]) - (pol["ref_rejected_logps"] - ref["ref_rejected_logps"])
+    accuracy = float((margin > 0).mean())
+    print(f"DPO smoke: loss {losses[0]:.3f} -> {losses[-1]:.3f}; held-out reward accuracy {accuracy:.2f}")
+    assert accuracy > 0.8, margin.to_list()

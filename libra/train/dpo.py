@@ -160,6 +160,21 @@ def lora_config(params: DPOParams) -> Any:
     )
 
 
+def check_target_modules(model: torch.nn.Module, params: DPOParams) -> None:
+    """Fail in one line, before training, when a LoRA target module is not in the model."""
+    targets = params.lora.target_modules
+    if isinstance(targets, str):  # "all-linear" or a regex: PEFT resolves it
+        return
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = sorted(set(targets) - leaf_names)
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ParamsError(
+            f"params: dpo.lora.target_modules names {missing}, which the base model does not have; "
+            f"its linear layers are {linear} (or use all-linear)"
+        )
+
+
 def per_device_batch(params: DPOParams, world: int) -> int:
     """dpo.batch_size is the global batch (pairs per micro-step over all processes)."""
     if params.batch_size % world:
@@ -357,6 +372,7 @@ def train(
     # fp32); on CPU they stay fp32 and only the matmuls run in bf16 under autocast.
     dtype = "bfloat16" if params.bf16_autocast and not on_cpu else "float32"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    check_target_modules(model, params)
     trainer = LibraDPOTrainer(
         model=model,
         ref_model=None,
