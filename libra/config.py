@@ -206,7 +206,7 @@ class ClassifierParams(Section):
 
 class JudgeParams(Section):
     judges: list[Literal["rules", "classifier", "llm"]] = Field(
-        default_factory=lambda: ["rules", "classifier", "llm"], min_length=1
+        default_factory=lambda: ["rules", "classifier"], min_length=1
     )
     fusion: Literal["vote", "any_refusal", "llm_only"] = "vote"
 
