@@ -190,9 +190,10 @@ def _triplets() -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def _run(args: list[str], env_params: Path = TINY) -> subprocess.CompletedProcess[str]:
+def _run(args: list[str], env_params: Path = TINY, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LIBRA_PARAMS": str(env_params)}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    script = str(ROOT / args[0]) if args[0].startswith("stages/") else args[0]
+    return subprocess.run([sys.executable, script, *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +227,7 @@ def test_judge_stage_writes_verdict_columns_and_stats(classifier_model: Path, tm
     res = _run(
         ["stages/judge.py", "--answers", str(tmp_path / "answers.parquet"), "--classifier", str(classifier_model),
          "--out", str(out), "--stats", str(stats), "--usage-stage", "judge-test"],
-        env_params=params_file,
+        env_params=params_file, cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr
     judged = pl.read_parquet(out)
@@ -234,6 +235,8 @@ def test_judge_stage_writes_verdict_columns_and_stats(classifier_model: Path, tm
     assert {"verdict", "verdict_reason", "verdict_classifier", "reason_classifier", "prompt_id"} <= set(judged.columns)
     s = json.loads(stats.read_text())
     assert s["n"] == 3 and sum(s["verdict"].values()) == 3 and "classifier~rules" in s["kappa"]
+    usage = json.loads((tmp_path / "metrics/usage/judge-test.json").read_text())  # a DVC out even with no LLM judge
+    assert usage["calls"] == 0 and usage["requests"] == 0
 
 
 def test_cli_judges_jsonl_with_rules_and_classifier(classifier_model: Path, tmp_path: Path) -> None:
