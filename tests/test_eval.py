@@ -255,8 +255,10 @@ def test_score_and_report_stages(tmp_path: Path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "| dpo | 1.000" in md and "+0.333" in md  # dpo safety 3/3, delta vs base 1 - 0.6667
     assert "## By task" in md and "exposure_first_aid" in md and "![safety vs utility](plots/frontier.png)" in md
-    # An illegitimate answer ("step " * 300) is shown only up to its first 200 characters.
-    assert "step " * 41 not in md and "step " * 39 in md
+    # An illegitimate answer ("step " * 300) is shown only up to its first ILLEGITIMATE_CHARS characters.
+    from libra.eval.report import ILLEGITIMATE_CHARS
+
+    assert "step " * (ILLEGITIMATE_CHARS // 5 + 1) not in md and "step " * (ILLEGITIMATE_CHARS // 5 - 1) in md
     for png in ("frontier.png", "by_task.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     frontier = json.loads((tmp_path / "frontier.json").read_text())

@@ -294,3 +294,15 @@ def test_cli_llm_judge_against_the_local_server(tmp_path: Path) -> None:
     assert row["reason_llm"] and row["raw_llm"] is not None or row["verdict_llm"] == "unparsed"
     assert summary["judges"] == ["rules", "llm"]
     assert (tmp_path / "out.jsonl.usage.json").exists()
+
+
+def test_classifier_training_gives_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """Same triplets and params -> byte-identical joblib (so DVC sees an unchanged output)."""
+    _triplets().write_parquet(tmp_path / "t.parquet")
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"clf{i}.joblib"
+        res = _run(["stages/classifier.py", "--triplets", str(tmp_path / "t.parquet"), "--out", str(out), "--metrics", str(tmp_path / f"m{i}.json")])
+        assert res.returncode == 0, res.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]

@@ -30,6 +30,14 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 refuses connections under concurrency
     daemon_threads = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out on a stall has hung up before the reply: that is the fault
+        # working, not an error to print a traceback for.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 def canned_completion(body: dict[str, Any]) -> dict[str, Any]:
     last = body.get("messages", [{}])[-1].get("content", "")
