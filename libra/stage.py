@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -17,6 +18,9 @@ def entrypoint(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: object, **kwargs: object) -> object:
+        # transformers 4.5x warns about its own renamed argument on every TRL config; it is
+        # not actionable by a libra user and would bury libra's one-line errors.
+        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
         try:
             return fn(*args, **kwargs)
         except LibraError as exc:
