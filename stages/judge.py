@@ -16,7 +16,7 @@ from libra.config import load_params
 from libra.errors import ParamsError
 from libra.eval.judge import judge_table, open_judges
 from libra.io import read_parquet, write_json, write_parquet
-from libra.llm.client import USAGE_DIR, Usage, write_usage
+from libra.llm.client import Usage, usage_file, write_usage
 from libra.stage import entrypoint
 
 
@@ -47,7 +47,7 @@ def main() -> None:
 
     # Save
     if "llm" not in cfg.judges:  # no LLM call: the usage file (a DVC out) says so
-        write_usage(Usage(stage=args.usage_stage, model="none"), USAGE_DIR / f"{args.usage_stage}.json")
+        write_usage(Usage(stage=args.usage_stage, model="none"), usage_file(args.usage_stage))
     write_parquet(judged, args.out)
     write_json(stats, args.stats)
     counts = ", ".join(f"{k} {v}" for k, v in stats["verdict"].items())

@@ -107,7 +107,7 @@ def assert_reconciled(project: Path) -> dict:
 
 
 def no_temp_files(project: Path) -> list[Path]:
-    return [p for p in (project / "data").rglob("*.tmp")]
+    return list((project / "data").rglob("*.tmp"))
 
 
 def test_generator_with_30pct_faults_completes_and_reconciles(project: Path, local_url: str) -> None:

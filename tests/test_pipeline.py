@@ -18,6 +18,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from libra.data.safety import rejected_answer_problem
 from libra.llm.local import LOCAL_URL_ENV
@@ -54,8 +55,6 @@ def make_project(dest: Path) -> Path:
 
 
 def set_param(project: Path, dotted: str, value: object) -> None:
-    import yaml
-
     raw = yaml.safe_load((project / "params.yaml").read_text())
     *parents, leaf = dotted.split(".")
     node = raw
@@ -186,8 +185,6 @@ def test_clone_pulls_from_remote_and_reruns_nothing(project: Path, tmp_path: Pat
     shared = tmp_path / "llm-shared.sqlite"
     sh(["libra", "cache", "export", str(shared)], project)
     sh(["libra", "cache", "merge", str(shared)], clone)
-    import yaml
-
     current = yaml.safe_load((clone / "params.yaml").read_text())["judge"]["fusion"]
     set_param(clone, "judge.fusion", "any_refusal" if current != "any_refusal" else "vote")
     before = {m: json.loads((project / f"metrics/usage/judge-{m}.json").read_text()) for m in ("base", "dpo")}

@@ -286,6 +286,11 @@ def _api_key(role: LLMRole, local: bool) -> str:
     return key
 
 
+def usage_file(stage: str, usage_path: str | os.PathLike[str] | None = None) -> Path:
+    """Where a stage's usage goes: `usage_path` if given, else metrics/usage/<stage>.json."""
+    return Path(usage_path) if usage_path is not None else USAGE_DIR / f"{stage}.json"
+
+
 def write_usage(usage: Usage, path: str | os.PathLike[str]) -> None:
     write_json(asdict(usage), path)
 
@@ -302,7 +307,7 @@ def open_client(
     local = role.base_url == "local"
     cache = CallCache(llm.cache_path)
     api_key = _api_key(role, local)
-    usage_file = Path(usage_path) if usage_path is not None else USAGE_DIR / f"{stage}.json"
+    usage_out = usage_file(stage, usage_path)
     with ExitStack() as stack:
 
         def connect() -> str:
@@ -313,5 +318,5 @@ def open_client(
         try:
             yield client
         finally:
-            write_usage(client.usage, usage_file)
+            write_usage(client.usage, usage_out)
             cache.close()

@@ -167,9 +167,9 @@ def train(texts: Sequence[str], labels: Sequence[int], params: ClassifierParams)
 def save(model: TrainedClassifier, path: str | os.PathLike[str]) -> None:
     # sklearn's vectorizers cache id(stop_words), a memory address, which would make equal
     # models differ in bytes (and DVC hashes) from run to run; it is only a validation cache.
-    for step in model.pipeline.named_steps["features"].transformer_list:
-        if hasattr(step[1], "_stop_words_id"):
-            step[1]._stop_words_id = None
+    for _, vectorizer in model.pipeline.named_steps["features"].transformer_list:
+        if hasattr(vectorizer, "_stop_words_id"):
+            vectorizer._stop_words_id = None
     with atomic_path(path) as tmp:
         joblib.dump(model, tmp)
 
