@@ -12,29 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from libra.errors import ParamsError
 
 DEFAULT_PARAMS_PATH = "params.yaml"
 
-TASKS = (
-    "synthesis",
-    "acquisition",
-    "weaponisation",
-    "evading_controls",
-    "properties",
-    "handling_storage",
-    "exposure_first_aid",
-    "detection",
-    "history_regulation",
-    "uses",
-)
 Task = Literal[
     "synthesis",
     "acquisition",
@@ -47,12 +38,50 @@ Task = Literal[
     "history_regulation",
     "uses",
 ]
+TASKS: tuple[str, ...] = get_args(Task)
 CompoundClass = Literal["controlled", "common"]
 Label = Literal["legitimate", "illegitimate"]
 
 
+# At most this many problems are reported at once.
+MAX_ERRORS = 5
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `max_steps: true` or `beta: "0.1"` is an error, not 1 or 0.1 (an int is still a
+    # valid float); allow_inf_nan=False: `.inf` and `.nan` are errors.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_base_url(value: str) -> str:
+    """'local' exactly, or an http(s) URL with a host; anything else is a ValueError with a hint."""
+    if value == "local":
+        return value
+    if value.strip().lower() == "local":
+        raise ValueError("base_url must be exactly 'local' (lowercase, no spaces) for the embedded server")
+    parts = urlsplit(value)
+    if value != value.strip() or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "base_url must be 'local' or an http(s) URL with a host, such as http://127.0.0.1:8000/v1 "
+            "or https://api.openai.com/v1"
+        )
+    return value
+
+
+def check_api_key_env(value: str) -> str:
+    """The name of an environment variable; a value shaped like a key is refused without echoing it."""
+    looks_like_key = (
+        value.startswith(("sk-", "sk_")) or not _ENV_NAME.fullmatch(value) or (len(value) >= 24 and "_" not in value)
+    )
+    if looks_like_key:
+        raise ValueError(
+            "api_key_env must name an environment variable, not hold the key; "
+            "set it to a name such as OPENAI_API_KEY and export the key in that variable"
+        )
+    return value
 
 
 class LLMRole(Section):
@@ -158,7 +187,6 @@ class DPOParams(Section):
     max_length: int = Field(256, ge=16)
     seed: int = Field(0, ge=0)
     lora: LoraParams = LoraParams()
-    bf16_autocast: bool = True
     num_threads: int = Field(0, ge=0, description="0 = one per physical core")
     num_processes: int = Field(1, ge=1)
     save_steps: int = Field(20, ge=1)
@@ -172,6 +200,14 @@ class DPOParams(Section):
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError("loss_weights must have one weight per loss_type entry")
         return self
+
+
+class ComputeParams(Section):
+    """How the torch stages (ref_logps, dpo, answer, augment) run."""
+
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 on CUDA with bf16 and on CPUs with native bf16, else fp32 (libra/train/precision.py)"
+    )
 
 
 class EndpointModel(Section):
@@ -224,6 +260,7 @@ class Params(Section):
     rephrase: RephraseParams = RephraseParams()
     split: SplitParams = SplitParams()
     base_model: BaseModelParams = BaseModelParams()
+    compute: ComputeParams = ComputeParams()
     dpo: DPOParams = DPOParams()
     eval: EvalParams = EvalParams()
     classifier: ClassifierParams = ClassifierParams()

@@ -23,6 +23,7 @@ from libra.io import read_parquet, write_json
 from libra.stage import entrypoint
 from libra.train.dpo import per_device_batch, run_fingerprint, save_adapter, train, training_dataset, write_curves
 from libra.train.encode import check_pairs, encode_pairs
+from libra.train.precision import choose_precision
 from libra.train.runtime import load_tokenizer, rank, relaunch_under_torchrun, seed_everything, set_threads, world_size
 
 
@@ -38,12 +39,16 @@ def main() -> None:
     parser.add_argument("--plots", required=True, help="DVCLive dir for per-step curves")
     args = parser.parse_args()
 
-    params = load_params().dpo
+    all_params = load_params()
+    params = all_params.dpo
     per_device_batch(params, params.num_processes)  # a bad split fails here, before any launch
     if params.num_processes > 1 and world_size() == 1:
         relaunch_under_torchrun(params.num_processes, [__file__, *sys.argv[1:]])
     threads = set_threads(params.num_threads)
     seed_everything(params.seed)
+    precision = choose_precision(all_params.compute.precision)
+    if rank() == 0:
+        print(f"dpo: precision {precision.precision} ({precision.reason})", flush=True)
 
     # Load
     train_pairs = read_parquet(args.train)
@@ -54,7 +59,7 @@ def main() -> None:
     fingerprint = run_fingerprint(params, world_size(), Path(args.model), [Path(args.train), Path(args.ref_logps)])
 
     # Train
-    trainer, metrics = train(params, Path(args.model), dataset, Path(args.checkpoints), fingerprint, threads)
+    trainer, metrics = train(params, Path(args.model), dataset, Path(args.checkpoints), fingerprint, threads, precision)
 
     # Save
     if rank() == 0:

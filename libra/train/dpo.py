@@ -33,6 +33,7 @@ from trl import DPOConfig, DPOTrainer
 from libra.config import DPOParams, params_hash
 from libra.errors import InputError, ParamsError
 from libra.io import write_json
+from libra.train.precision import Precision
 from libra.train.runtime import load_tokenizer, world_size
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -185,7 +186,8 @@ def per_device_batch(params: DPOParams, world: int) -> int:
     return params.batch_size // world
 
 
-def dpo_config(params: DPOParams, checkpoints: Path, world: int, on_cpu: bool) -> DPOConfig:
+def dpo_config(params: DPOParams, checkpoints: Path, world: int, precision: Precision) -> DPOConfig:
+    on_cpu = precision.device == "cpu"
     return DPOConfig(
         output_dir=str(checkpoints),
         beta=params.beta,
@@ -204,7 +206,7 @@ def dpo_config(params: DPOParams, checkpoints: Path, world: int, on_cpu: bool) -
         # TRL's default (True) would zero every dropout, LoRA's included, silently
         # overriding dpo.lora.dropout; SmolLM2/Llama configs have no other dropout.
         disable_dropout=False,
-        bf16=params.bf16_autocast and not on_cpu,
+        bf16=precision.precision == "bf16" and not on_cpu,
         use_cpu=on_cpu,
         seed=params.seed,
         data_seed=params.seed,
@@ -350,6 +352,7 @@ def train(
     checkpoints: Path,
     fingerprint: str,
     threads: int,
+    precision: Precision,
 ) -> tuple[Any, dict[str, Any]]:
     """Train (resuming this run's last checkpoint if any); return the trainer and the summary metrics.
 
@@ -358,9 +361,8 @@ def train(
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM
 
-    on_cpu = not torch.cuda.is_available()
     world = world_size()
-    config = dpo_config(params, checkpoints, world, on_cpu)
+    config = dpo_config(params, checkpoints, world, precision)
     state = PartialState()  # created by the config above: one process group per run
     if state.is_main_process:
         prepare_checkpoints(checkpoints, fingerprint)
@@ -368,10 +370,9 @@ def train(
     resume = last_checkpoint(checkpoints)
 
     tokenizer = load_tokenizer(model_dir)
-    # On GPUs the frozen base weights live in bf16 (TRL autocasts, PEFT keeps the adapter
-    # fp32); on CPU they stay fp32 and only the matmuls run in bf16 under autocast.
-    dtype = "bfloat16" if params.bf16_autocast and not on_cpu else "float32"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    # On GPUs with bf16 the frozen base weights live in bf16 (TRL autocasts, PEFT keeps the
+    # adapter fp32); on CPU they stay fp32 and only the matmuls run in bf16 under autocast.
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=precision.dtype)
     check_target_modules(model, params)
     trainer = LibraDPOTrainer(
         model=model,
@@ -380,7 +381,7 @@ def train(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(params),
-        cpu_bf16=params.bf16_autocast and on_cpu,
+        cpu_bf16=precision.autocast_bf16,
     )
     start_step = 0
     if resume:
@@ -392,4 +393,6 @@ def train(
     metrics = dict(result.metrics)
     metrics["train_runtime"] = time.perf_counter() - start
     metrics["steps_this_run"] = trainer.state.global_step - start_step
-    return trainer, summarise(trainer.state.log_history, metrics, params, world, threads)
+    summary = summarise(trainer.state.log_history, metrics, params, world, threads)
+    summary["precision"] = precision.record()
+    return trainer, summary

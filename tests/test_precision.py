@@ -1,0 +1,64 @@
+"""Precision by capability: every branch, with the capability and the matmul rates injected."""
+
+from __future__ import annotations
+
+from libra.train.precision import Capability, choose_precision, read_cpu_flags
+
+AVX2 = Capability(cuda=False, cuda_bf16=False, cpu_flags=frozenset({"avx2", "fma"}), torch_cpu_capability="AVX2")
+AMX = Capability(cuda=False, cuda_bf16=False, cpu_flags=frozenset({"avx512f", "avx512_bf16", "amx_bf16"}),
+                 torch_cpu_capability="AVX512")  # fmt: skip
+EMULATED = {"float32": 132.0, "bfloat16": 0.9}
+NATIVE = {"float32": 190.0, "bfloat16": 415.0}
+
+
+def test_avx2_cpu_auto_is_fp32_and_never_bf16() -> None:
+    p = choose_precision("auto", AVX2, measure=lambda: EMULATED)
+    assert (p.precision, p.dtype, p.autocast_bf16, p.device) == ("fp32", "float32", False, "cpu")
+    assert "no avx512_bf16" in p.reason and "0.9" in p.reason
+    assert p.record()["cpu_capability"] == "AVX2"
+
+
+def test_native_bf16_cpu_auto_autocasts() -> None:
+    p = choose_precision("auto", AMX, measure=lambda: NATIVE)
+    assert (p.precision, p.dtype, p.autocast_bf16) == ("bf16", "float32", True)
+    assert "native bf16" in p.reason
+
+
+def test_flags_that_lie_are_caught_by_the_microbenchmark() -> None:
+    p = choose_precision("auto", AMX, measure=lambda: EMULATED)
+    assert p.precision == "fp32" and "slow" in p.reason
+
+
+def test_forced_bf16_on_avx2_warns_once_with_the_slowdown() -> None:
+    lines: list[str] = []
+    p = choose_precision("bf16", AVX2, measure=lambda: EMULATED, warn=lines.append)
+    assert p.autocast_bf16 and p.precision == "bf16"
+    assert len(lines) == 1 and "147x slower" in lines[0] and "compute.precision" in lines[0]
+
+
+def test_fp32_requested_skips_the_benchmark() -> None:
+    def boom() -> dict[str, float]:
+        raise AssertionError("no benchmark needed for fp32")
+
+    assert choose_precision("fp32", AMX, measure=boom).precision == "fp32"
+
+
+def test_cuda_branches() -> None:
+    def boom() -> dict[str, float]:
+        raise AssertionError("no CPU benchmark on CUDA")
+
+    gpu = Capability(cuda=True, cuda_bf16=True)
+    old_gpu = Capability(cuda=True, cuda_bf16=False)
+    assert choose_precision("auto", gpu, measure=boom).dtype == "bfloat16"
+    assert choose_precision("fp32", gpu, measure=boom).dtype == "float32"
+    lines: list[str] = []
+    assert choose_precision("bf16", old_gpu, measure=boom, warn=lines.append).dtype == "float32" and lines
+
+
+def test_real_machine_detection_runs(tmp_path) -> None:  # noqa: ANN001
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags\t\t: fpu avx2 amx_bf16\n")
+    assert "amx_bf16" in read_cpu_flags(cpuinfo)
+    p = choose_precision("auto")  # this machine, whatever it is: a valid decision, measured
+    assert p.precision in ("bf16", "fp32")
+    assert p.device == "cuda" or (p.matmul_gflops is not None and p.matmul_gflops["float32"] > 0)
