@@ -125,6 +125,15 @@ OVER_REFUSALS: tuple[str, ...] = (
     "Sorry, I won't answer questions involving {compound} because chemicals can be dangerous.",
 )
 
+# Over-refusals of general-domain requests (the benign contrast pairs' rejected answers):
+# the surface rule the contrast pairs teach against, in its own words.
+GENERAL_OVER_REFUSALS: tuple[str, ...] = (
+    "I'm sorry, but I can't help with anything involving {topic}.",
+    "I cannot assist with {topic}, as it could be dangerous or harmful.",
+    "As an AI, I'm not able to give advice about {topic}. Please ask a professional.",
+    "Sorry, I won't answer questions about {topic} because they could lead to harm.",
+)
+
 
 def fill(template: str, *, compound: str, regulation: str = "none", task: str = "synthesis") -> str:
     return template.format(compound=compound, regulation=regulation_name(regulation), task_phrase=TASK_PHRASES[task])

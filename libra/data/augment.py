@@ -1,0 +1,276 @@
+"""DPO training data that teaches which requests are illegitimate, not which words are alarming.
+
+Input: the split stage's training pairs. Output: the same pair schema plus `source`
+(`pairs` | `self_distill` | `contrast` | `framed`) and `variant` (framing kind or contrast
+category). Four levers, each behind an `augment.*` param:
+
+- `self_distill_legit`: a legitimate prompt's chosen answer becomes the base policy's own
+  greedy answer (the rejected over-refusal stays). The SFT term then keeps the base
+  model's behaviour on legitimate requests instead of training on the 135M generator's
+  often-wrong text. A self answer that is empty, too short, a refusal, or (for a
+  controlled compound) operational, is quarantined and the pair keeps its generator answer.
+- `contrast`: that many general-domain benign prompts (libra/data/contrast.py): chosen =
+  the base policy's own answer, rejected = a general over-refusal. Label legitimate, task
+  `general`.
+- `framed`: each training seed, of either label, gets up to `framed_per_seed` prompts in
+  adversarial framings (libra/data/framings.py) with that seed's own chosen/rejected.
+- the report: label balance, per-task label shares and how well the task alone predicts
+  the label.
+
+Safety: the policy is asked only legitimate chemistry prompts and the benign contrast
+prompts; `distill_prompts` refuses to send anything else. Illegitimate pairs keep their
+template refusal and empty-steps opener, and every illegitimate rejected answer is checked
+again with `rejected_answer_problem`.
+
+Counting: `in` = training pairs + contrast candidates + framed candidates, `out` = rows
+written, `quarantined` = candidates dropped; `in = out + quarantined`. Self answers that
+failed a check but whose pair was kept (with the generator's answer) are in the
+quarantine file too, under field `self_answer`, and counted in `self_answers`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from libra.data.contrast import contrast_prompts
+from libra.data.framings import KINDS, framed_prompts
+from libra.data.quarantine import quarantine_frame, reason_counts, safe_text
+from libra.data.safety import opens_with_refusal, operational_content, rejected_answer_problem
+from libra.data.templates import GENERAL_OVER_REFUSALS, trim_to_sentence
+from libra.errors import LibraError
+
+PAIR_COLUMNS = [
+    "pair_id", "seed_id", "compound_id", "compound", "class", "regulation", "group", "task", "label",
+    "prompt", "chosen", "rejected",
+]  # fmt: skip
+OUT_COLUMNS = [*PAIR_COLUMNS, "source", "variant"]
+SOURCES = ("pairs", "self_distill", "contrast", "framed")
+Framing = Literal["hypothetical", "fiction", "roleplay", "override", "identifier", "multipart"]
+MIN_ANSWER_WORDS = 5
+
+GenerateFn = Callable[[list[str]], list[str]]
+
+
+class AugmentParams(BaseModel):
+    """params.yaml `augment`: the levers of the augment stage (each measurable with `dvc exp run -S`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    self_distill_legit: bool = Field(True, description="legitimate prompts: chosen = the base policy's own greedy answer")
+    contrast: int = Field(96, ge=0, description="general-domain benign contrast pairs (0 = none; at most 242)")
+    framed: bool = Field(True, description="add adversarially framed prompts for both labels")
+    framed_per_seed: int = Field(2, ge=0, le=len(KINDS), description="cap on framed prompts per training seed")
+    framings: list[Framing] = Field(default_factory=lambda: list(KINDS), min_length=1, description="framing kinds used")
+    max_new_tokens: int = Field(96, ge=8, le=1024, description="token budget of each self-distilled answer")
+    batch_size: int = Field(32, ge=1, description="generation batch size (greedy answers depend on it slightly)")
+    seed: int = Field(0, ge=0, description="seed of the contrast-prompt sample")
+
+
+def _id(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def _pick(pool: tuple[str, ...], key: str) -> str:
+    return pool[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(pool)]
+
+
+def distill_prompts(train: pl.DataFrame, contrast: list[dict[str, Any]], params: AugmentParams) -> list[str]:
+    """The only prompts the policy is asked: legitimate training prompts and benign contrast prompts.
+
+    A prompt that also occurs with the illegitimate label is never sent (it is an error:
+    one text, two labels, so no ground truth).
+    """
+    illegit = set(train.filter(pl.col("label") == "illegitimate")["prompt"].to_list())
+    legit = sorted(set(train.filter(pl.col("label") == "legitimate")["prompt"].to_list())) if params.self_distill_legit else []
+    both = [p for p in legit if p in illegit]
+    if both:
+        raise LibraError(f"training prompt {both[0]!r} occurs with both labels; deduplicate prompts in the rephrase stage")
+    prompts = legit + sorted({r["prompt"] for r in contrast} - set(legit))
+    leaked = [p for p in prompts if p in illegit]
+    if leaked:
+        raise LibraError(f"refusing to ask the policy an illegitimate prompt: {leaked[0]!r}")
+    return prompts
+
+
+def self_answer_problem(text: str, compound_class: str | None) -> str | None:
+    """Why a self-distilled answer must not be a chosen answer, or None."""
+    if not text.strip():
+        return "self answer empty"
+    if len(text.split()) < MIN_ANSWER_WORDS:
+        return "self answer too short"
+    if opens_with_refusal(text):
+        return "self answer is a refusal"
+    from libra.eval.judges.rules import judge as rules_judge
+
+    verdict = rules_judge("", text)
+    if verdict.label in ("refusal", "partial_refusal"):
+        return f"self answer is a refusal (rules judge: {verdict.label})"
+    if compound_class == "controlled":
+        return operational_content(text)
+    return None
+
+
+def _counts(df: pl.DataFrame, col: str) -> dict[str, int]:
+    return {str(k): int(v) for k, v in sorted(df.group_by(col).len().iter_rows(), key=lambda kv: str(kv[0]))}
+
+
+def balance_stats(df: pl.DataFrame) -> dict[str, Any]:
+    """Label balance, per-task label shares, and the accuracy of predicting the label from the task alone."""
+    by_task: dict[str, dict[str, Any]] = {}
+    for task in sorted(df["task"].unique().to_list()):
+        sub = df.filter(pl.col("task") == task)
+        counts = _counts(sub, "label")
+        by_task[task] = {**counts, "share_legitimate": round(counts.get("legitimate", 0) / sub.height, 3)}
+    n = max(1, df.height)
+    by_label = _counts(df, "label")
+    # The best any rule that sees only the task can do: each task's majority label.
+    task_only = sum(max(v for k, v in t.items() if k != "share_legitimate") for t in by_task.values()) / n
+    return {
+        "by_label": by_label,
+        "share_legitimate": round(by_label.get("legitimate", 0) / n, 3),
+        "by_task": by_task,
+        "task_only_label_accuracy": round(task_only, 3),
+        "majority_label_accuracy": round(max(by_label.values(), default=0) / n, 3),
+    }
+
+
+def build_augmented(
+    train: pl.DataFrame,
+    compounds: pl.DataFrame,
+    params: AugmentParams,
+    generate: GenerateFn,
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """Return (train_dpo, quarantine, stats); `generate` answers a list of prompts greedily, in order."""
+    train = train.sort("pair_id")
+    contrast = contrast_prompts(params.contrast, params.seed) if params.contrast else []
+    prompts = distill_prompts(train, contrast, params)
+    answers = dict(zip(prompts, generate(prompts) if prompts else [], strict=True))
+
+    quarantined: list[dict[str, Any]] = []
+    dropped = 0
+
+    def quarantine(seed_id: str, field: str, text: str, reason: str, label: str, *, drops: bool) -> None:
+        nonlocal dropped
+        dropped += drops
+        quarantined.append({"stage": "augment", "seed_id": seed_id, "field": field, "text": safe_text(text, reason, label), "reason": reason})
+
+    # 1. Chemistry pairs, legitimate ones with the policy's own answer when it passes.
+    class_of = {r["prompt"]: r["class"] for r in train.select("prompt", "class").unique().iter_rows(named=True)}
+    self_ok: dict[str, str] = {}
+    for prompt in sorted({p for p in prompts if p in class_of}):
+        text = trim_to_sentence(answers[prompt])
+        problem = self_answer_problem(text, class_of[prompt])
+        seed = train.filter(pl.col("prompt") == prompt)["seed_id"][0]
+        if problem:
+            quarantine(seed, "self_answer", text, f"{problem} (kept the generator's answer)", "legitimate", drops=False)
+        else:
+            self_ok[prompt] = text
+    rows: list[dict[str, Any]] = []
+    for r in train.iter_rows(named=True):
+        base = {k: r.get(k) for k in PAIR_COLUMNS}
+        if r["label"] == "legitimate" and r["prompt"] in self_ok:
+            chosen = self_ok[r["prompt"]]
+            rows.append({**base, "pair_id": _id("self_distill", r["prompt"], chosen, r["rejected"]), "chosen": chosen, "source": "self_distill", "variant": None})
+        else:
+            rows.append({**base, "source": "pairs", "variant": None})
+    n_candidates = train.height
+
+    # 2. General-domain contrast pairs: answered by the policy, rejected by an over-refusal.
+    for c in contrast:
+        n_candidates += 1
+        seed_id = f"contrast-{c['contrast_id']}"
+        text = trim_to_sentence(answers[c["prompt"]])
+        problem = self_answer_problem(text, None)
+        if problem:
+            quarantine(seed_id, "chosen", text, problem, "legitimate", drops=True)
+            continue
+        rejected = _pick(GENERAL_OVER_REFUSALS, seed_id).format(topic=c["topic"])
+        rows.append({
+            "pair_id": _id("contrast", c["prompt"], text, rejected), "seed_id": seed_id, "compound_id": None,
+            "compound": None, "class": "general", "regulation": None, "group": c["category"], "task": "general",
+            "label": "legitimate", "prompt": c["prompt"], "chosen": text, "rejected": rejected,
+            "source": "contrast", "variant": c["category"],
+        })
+
+    # 3. Framed prompts for both labels, each with its own seed's (possibly self-distilled) answers.
+    if params.framed and params.framed_per_seed:
+        ids = compounds.select("compound_id", "smiles", "cas").to_dicts() if compounds.height else []
+        ident = {r["compound_id"]: r for r in ids}
+        chem = [r for r in rows if r["source"] in ("pairs", "self_distill")]
+        by_seed: dict[str, list[dict[str, Any]]] = {}
+        for r in sorted(chem, key=lambda r: r["pair_id"]):
+            by_seed.setdefault(r["seed_id"], []).append(r)
+        for seed_id in sorted(by_seed):
+            pairs = by_seed[seed_id]
+            first = pairs[0]
+            meta = ident.get(first["compound_id"], {})
+            framed = framed_prompts(first, smiles=meta.get("smiles"), cas=meta.get("cas"), n=params.framed_per_seed, kinds=params.framings)
+            for j, (kind, prompt) in enumerate(framed):
+                n_candidates += 1
+                src = pairs[j % len(pairs)]
+                rows.append({**src, "pair_id": _id("framed", prompt, src["chosen"], src["rejected"]), "prompt": prompt, "source": "framed", "variant": kind})
+
+    # 4. Last checks over every row: unique pairs, one label per prompt, safe illegitimate answers.
+    kept: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    label_of: dict[str, str] = {}
+    for r in rows:
+        problem = None
+        if r["pair_id"] in seen:
+            problem = "duplicate pair"
+        elif label_of.get(r["prompt"], r["label"]) != r["label"]:
+            problem = "prompt occurs with both labels"
+        elif r["label"] == "illegitimate":
+            problem = rejected_answer_problem(r["rejected"])
+        if problem:
+            quarantine(r["seed_id"], "pair", r["prompt"], problem, r["label"], drops=True)
+            continue
+        seen.add(r["pair_id"])
+        label_of[r["prompt"]] = r["label"]
+        kept.append(r)
+
+    out = pl.DataFrame(kept, schema={c: pl.String for c in OUT_COLUMNS}).sort("pair_id")
+    quarantine_df = quarantine_frame(quarantined)
+    self_rows = quarantine_df.filter(pl.col("field") == "self_answer")
+    n_chem_self = len(self_ok) + self_rows.height
+    illegit_prompts = set(train.filter(pl.col("label") == "illegitimate")["prompt"].to_list())
+    stats = {
+        "unit": "pairs",
+        "in": n_candidates,
+        "out": out.height,
+        "quarantined": dropped,
+        "reconciles": n_candidates == out.height + dropped,
+        "by_reason": reason_counts(quarantine_df.filter(pl.col("field") != "self_answer")),
+        "self_answers": {
+            "prompts_generated": len(prompts),
+            "illegitimate_prompts_generated": len(set(prompts) & illegit_prompts),
+            "chemistry_prompts": n_chem_self,
+            "chemistry_accepted": len(self_ok),
+            "chemistry_quarantined": self_rows.height,
+            "by_reason": reason_counts(self_rows),
+            "max_new_tokens": params.max_new_tokens,
+        },
+        "by_source": {s: int(out.filter(pl.col("source") == s).height) for s in SOURCES},
+        "by_source_label": {
+            s: _counts(out.filter(pl.col("source") == s), "label") for s in SOURCES
+        },
+        "by_variant": _counts(out.filter(pl.col("variant").is_not_null()), "variant"),
+        "input": balance_stats(train),
+        "output": balance_stats(out),
+    }
+    return out, quarantine_df, stats
+
+
+def policy_generate(model: Any, tokenizer: Any, params: AugmentParams) -> GenerateFn:
+    """`generate` for build_augmented: batched greedy answers from a local policy."""
+    from libra.eval.answer import generate
+
+    def run(prompts: Sequence[str]) -> list[str]:
+        return generate(model, tokenizer, list(prompts), batch_size=params.batch_size, max_new_tokens=params.max_new_tokens, greedy=True, progress=False)
+
+    return run

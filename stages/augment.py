@@ -1,0 +1,86 @@
+"""DPO training data: self-distilled legitimate answers, benign contrast pairs, framed prompts.
+
+    python stages/augment.py --train data/train.parquet --compounds data/compounds.parquet \
+        --model models/base --out data/train_dpo.parquet \
+        --quarantine data/quarantine/augment.parquet --stats metrics/data/augment.json
+
+Reads params `augment.*` only (libra/data/augment.py: AugmentParams). The base policy is
+loaded only when a lever needs its answers (self_distill_legit or contrast > 0), and is
+asked only legitimate chemistry prompts and benign general-domain prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from libra.config import DEFAULT_PARAMS_PATH, load_params
+from libra.data.augment import AugmentParams, build_augmented, policy_generate
+from libra.errors import ParamsError
+from libra.io import read_parquet, write_json, write_parquet
+from libra.stage import entrypoint
+
+
+def load_augment_params() -> AugmentParams:
+    """`params.augment` once libra/config.py carries it; until then the `augment` section, validated here."""
+    from pydantic import ValidationError
+
+    from libra.config import Params, _format_error
+
+    if "augment" in Params.model_fields:
+        return load_params().augment
+    path = Path(os.environ.get("LIBRA_PARAMS", DEFAULT_PARAMS_PATH))
+    if not path.exists():
+        raise ParamsError(f"params: {path} not found; run from the project root or set LIBRA_PARAMS")
+    raw = (yaml.safe_load(path.read_text()) or {}).get("augment") or {}
+    try:
+        return AugmentParams.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ParamsError(_format_error({**err, "loc": ("augment", *err["loc"])}, raw)) from None
+
+
+@entrypoint
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", required=True, help="training pairs parquet (split stage output)")
+    parser.add_argument("--compounds", required=True, help="resolved compounds parquet (SMILES and CAS for framed prompts)")
+    parser.add_argument("--model", required=True, help="base checkpoint dir (base_model stage output)")
+    parser.add_argument("--out", required=True, help="DPO training pairs parquet to write (pair schema + source, variant)")
+    parser.add_argument("--quarantine", required=True, help="quarantined candidates and self answers, with their reason")
+    parser.add_argument("--stats", required=True, help="stats json: counts by source and label; in = out + quarantined")
+    args = parser.parse_args()
+
+    # Load
+    params = load_augment_params()
+    train = read_parquet(args.train)
+    compounds = read_parquet(args.compounds)
+    start = time.perf_counter()
+    generate = None
+    if params.self_distill_legit or params.contrast:
+        from libra.eval.answer import load_policy, set_threads
+
+        set_threads()
+        model, tokenizer = load_policy(args.model)
+        generate = policy_generate(model, tokenizer, params)
+
+    # Build
+    out, quarantine, stats = build_augmented(train, compounds, params, generate or (lambda prompts: []))
+
+    # Save
+    write_parquet(out, args.out)
+    write_parquet(quarantine, args.quarantine)
+    write_json(stats, args.stats)
+    print(
+        f"augment: {stats['in']} candidates -> {stats['out']} pairs {stats['by_source']}, quarantined "
+        f"{stats['quarantined']} {stats['by_reason']}; self answers {stats['self_answers']['prompts_generated']} "
+        f"({stats['self_answers']['chemistry_quarantined']} chemistry ones fell back); {time.perf_counter() - start:.1f}s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""The augment stage: self-distilled legitimate answers, benign contrast pairs, framed prompts.
+
+The pure builder runs with a recording `generate`, so the tests see exactly which prompts
+the policy is asked; the stage script runs as a subprocess on a tiny real model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from libra.data.augment import OUT_COLUMNS, AugmentParams, build_augmented, distill_prompts
+from libra.data.contrast import all_contrast_prompts, contrast_prompts
+from libra.data.framings import BENIGN_PARTS, KINDS, TEMPLATES, framed_prompts, wrap
+from libra.data.safety import opens_with_refusal, rejected_answer_problem
+from libra.data.templates import COMPLIANCE_OPENERS, OVER_REFUSALS, REFUSALS, TASK_PROMPTS, fill
+from libra.data.triplets import pick
+from tests.conftest import ROOT, TINY_PROFILE, subprocess_env
+
+XSTEST = ROOT.parent / "shared" / "xstest" / "xstest_prompts.csv"
+if not XSTEST.exists():
+    XSTEST = Path("/work/shared/xstest/xstest_prompts.csv")
+
+
+def grams(text: str, n: int = 6) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+@pytest.fixture(scope="module")
+def xstest_grams() -> set[tuple[str, ...]]:
+    if not XSTEST.exists():
+        pytest.skip(f"{XSTEST} not found")
+    with XSTEST.open(newline="") as f:
+        return set().union(*(grams(r["prompt"]) for r in csv.DictReader(f)))
+
+
+COMPOUNDS = [
+    # compound_id, name, class, regulation, group, smiles, cas
+    ("sarin", "sarin", "controlled", "CWC-1", "agent", "CC(C)OP(C)(=O)F", "107-44-8"),
+    ("fentanyl", "fentanyl", "controlled", "DEA-II", "opioid", "CCC(=O)N(c1ccccc1)C1CCN(CCc2ccccc2)CC1", "437-38-7"),
+    ("aspirin", "aspirin", "common", "none", "analgesic", "CC(=O)Oc1ccccc1C(=O)O", "50-78-2"),
+    ("caffeine", "caffeine", "common", "none", "stimulant", "Cn1c(=O)c2c(ncn2C)n(C)c1=O", "58-08-2"),
+]
+POLICY = {  # a slice of the dual-use table
+    ("controlled", "synthesis"): "illegitimate", ("controlled", "exposure_first_aid"): "legitimate",
+    ("common", "synthesis"): "legitimate", ("common", "weaponisation"): "illegitimate",
+}  # fmt: skip
+
+
+def make_tables() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Training pairs as the split stage writes them (two pairs per seed), and the compounds table."""
+    rows = []
+    for cid, name, cls, reg, group, _, _ in COMPOUNDS:
+        for (pcls, task), label in POLICY.items():
+            if pcls != cls:
+                continue
+            seed_id = f"{cid}-{task}"
+            prompt = TASK_PROMPTS[task][0].format(compound=name)
+            for j in range(2):
+                if label == "illegitimate":
+                    chosen = fill(pick(REFUSALS, seed_id, j), compound=name, regulation=reg)
+                    rejected = fill(pick(COMPLIANCE_OPENERS, seed_id, j), compound=name, task=task)
+                else:
+                    chosen = f"Here is a careful answer about {name}, version {j}, for a legitimate question."
+                    rejected = fill(pick(OVER_REFUSALS, seed_id, j), compound=name)
+                rows.append({
+                    "pair_id": f"{seed_id}-{j}", "seed_id": seed_id, "compound_id": cid, "compound": name,
+                    "class": cls, "regulation": reg, "group": group, "task": task, "label": label,
+                    "prompt": prompt, "chosen": chosen, "rejected": rejected,
+                })
+    compounds = pl.DataFrame(
+        [dict(zip(("compound_id", "name", "class", "regulation", "group", "smiles", "cas"), c, strict=True)) for c in COMPOUNDS]
+    )
+    return pl.DataFrame(rows), compounds
+
+
+class Recorder:
+    """A stand-in policy that records every prompt it is asked and answers plainly (or refuses some)."""
+
+    def __init__(self, refuse: set[str] = frozenset()) -> None:
+        self.asked: list[str] = []
+        self.refuse = refuse
+
+    def __call__(self, prompts: list[str]) -> list[str]:
+        self.asked.extend(prompts)
+        return [
+            "I'm sorry, but I can't help with that." if p in self.refuse else f"A plain, helpful answer to this request, number {i}."
+            for i, p in enumerate(prompts)
+        ]
+
+
+# --- templates -------------------------------------------------------------------------
+
+
+def test_contrast_prompts_are_many_distinct_and_balanced() -> None:
+    pool = all_contrast_prompts()
+    assert len({r["prompt"] for r in pool}) >= 150
+    picked = contrast_prompts(50, seed=0)
+    assert len(picked) == 50 and picked == contrast_prompts(50, seed=0)
+    per_category = pl.DataFrame(picked).group_by("category").len()["len"].to_list()
+    assert max(per_category) - min(per_category) <= 1
+
+
+def test_contrast_prompts_share_no_6gram_with_xstest(xstest_grams: set) -> None:
+    shared = {r["prompt"]: grams(r["prompt"]) & xstest_grams for r in all_contrast_prompts()}
+    assert not {p: g for p, g in shared.items() if g}
+
+
+def test_framings_share_no_6gram_with_xstest(xstest_grams: set) -> None:
+    texts = list(BENIGN_PARTS)
+    for kind, templates in TEMPLATES.items():
+        for template in templates:
+            for task, prompts in TASK_PROMPTS.items():
+                for k, prompt in enumerate(prompts):
+                    q = prompt.format(compound="aspirin")
+                    if kind == "identifier":
+                        texts.append(q.replace("aspirin", template.format(smiles="CC(=O)Oc1ccccc1C(=O)O", cas="50-78-2")))
+                    else:
+                        texts.append(wrap(template, q, f"{task}{k}"))
+    shared = {t: grams(t) & xstest_grams for t in texts}
+    assert not {t: g for t, g in shared.items() if g}
+
+
+def test_framed_prompts_are_capped_distinct_kinds() -> None:
+    row = {"seed_id": "s1", "prompt": "Tell me the steps of synthesizing sarin.", "compound": "sarin"}
+    out = framed_prompts(row, smiles="CC(C)OP(C)(=O)F", cas="107-44-8", n=3)
+    assert len(out) == 3 and len({k for k, _ in out}) == 3
+    everything = framed_prompts(row, smiles=None, cas=None, n=len(KINDS))
+    assert "identifier" not in {k for k, _ in everything}  # no SMILES or CAS: that framing is skipped
+    ident = framed_prompts(row, smiles="CC(C)OP(C)(=O)F", cas="107-44-8", n=1, kinds=["identifier"])
+    assert ident and "sarin" not in ident[0][1] and ("CC(C)OP(C)(=O)F" in ident[0][1] or "107-44-8" in ident[0][1])
+
+
+# --- builder ---------------------------------------------------------------------------
+
+
+def test_policy_is_never_asked_an_illegitimate_prompt() -> None:
+    train, compounds = make_tables()
+    illegit = set(train.filter(pl.col("label") == "illegitimate")["prompt"].to_list())
+    policy = Recorder()
+    out, _, stats = build_augmented(train, compounds, AugmentParams(contrast=20), policy)
+    assert policy.asked and not set(policy.asked) & illegit
+    assert stats["self_answers"]["illegitimate_prompts_generated"] == 0
+    # Nothing the policy wrote is the chosen (or rejected) answer of an illegitimate row.
+    written = set(Recorder()(policy.asked))
+    bad = out.filter((pl.col("label") == "illegitimate") & (pl.col("chosen").is_in(written) | pl.col("rejected").is_in(written)))
+    assert bad.height == 0
+
+
+def test_builder_sources_labels_and_counts() -> None:
+    train, compounds = make_tables()
+    out, quarantine, stats = build_augmented(train, compounds, AugmentParams(contrast=20, framed_per_seed=2), Recorder())
+    assert out.columns == OUT_COLUMNS
+    assert stats["reconciles"] and stats["in"] == stats["out"] + stats["quarantined"]
+    assert {s for s, n in stats["by_source"].items() if n} == {"self_distill", "contrast", "framed"}
+    assert out.filter(pl.col("source") == "contrast").height == 20
+    assert set(out.filter(pl.col("source").is_in(["self_distill", "contrast"]))["label"].to_list()) == {"legitimate"}
+    framed = out.filter(pl.col("source") == "framed")
+    assert set(framed["label"].to_list()) == {"legitimate", "illegitimate"}
+    assert framed.group_by("seed_id").len()["len"].max() <= 2
+    for r in out.filter(pl.col("label") == "illegitimate").iter_rows(named=True):
+        assert opens_with_refusal(r["chosen"]) and rejected_answer_problem(r["rejected"]) is None
+    assert out["pair_id"].n_unique() == out.height
+    assert "by_task" in stats["output"] and stats["output"]["by_task"]["general"]["share_legitimate"] == 1.0
+
+
+def test_refused_self_answer_is_quarantined_and_the_pair_keeps_its_answer() -> None:
+    train, compounds = make_tables()
+    target = train.filter(pl.col("label") == "legitimate")["prompt"][0]
+    out, quarantine, stats = build_augmented(
+        train, compounds, AugmentParams(contrast=0, framed=False), Recorder(refuse={target})
+    )
+    kept = out.filter(pl.col("prompt") == target)
+    assert kept.height == 2 and set(kept["source"].to_list()) == {"pairs"}
+    q = quarantine.filter(pl.col("field") == "self_answer")
+    assert q.height == 1 and q["reason"][0].startswith("self answer is a refusal")
+    assert stats["self_answers"]["chemistry_quarantined"] == 1 and stats["reconciles"]
+
+
+def test_levers_off_give_the_input_pairs() -> None:
+    train, compounds = make_tables()
+    policy = Recorder()
+    out, quarantine, stats = build_augmented(
+        train, compounds, AugmentParams(self_distill_legit=False, contrast=0, framed=False), policy
+    )
+    assert not policy.asked and quarantine.height == 0
+    assert sorted(out["pair_id"].to_list()) == sorted(train["pair_id"].to_list())
+    assert set(out["source"].to_list()) == {"pairs"}
+
+
+def test_a_prompt_with_both_labels_is_never_sent() -> None:
+    train, compounds = make_tables()
+    illegit = train.filter(pl.col("label") == "illegitimate")["prompt"][0]
+    clash = train.head(1).with_columns(pl.lit("x").alias("pair_id"), pl.lit("legitimate").alias("label"), pl.lit(illegit).alias("prompt"))
+    with pytest.raises(Exception, match="both labels"):
+        distill_prompts(pl.concat([train, clash]), [], AugmentParams())
+
+
+# --- stage -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with the SmolLM2 tokenizer (from the shipped GGUF)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from libra.llm.local import smollm2_gguf
+
+    base = tmp_path_factory.mktemp("tiny") / "base"
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    return base
+
+
+def run_augment(tmp_path: Path, base: Path, augment: dict) -> subprocess.CompletedProcess[str]:
+    train, compounds = make_tables()
+    train.write_parquet(tmp_path / "train.parquet")
+    compounds.write_parquet(tmp_path / "compounds.parquet")
+    profile = yaml.safe_load(TINY_PROFILE.read_text())
+    profile["augment"] = augment
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(profile))
+    env = subprocess_env(LIBRA_PARAMS=str(tmp_path / "params.yaml"), PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "augment.py"), "--train", tmp_path / "train.parquet",
+         "--compounds", tmp_path / "compounds.parquet", "--model", base, "--out", tmp_path / "train_dpo.parquet",
+         "--quarantine", tmp_path / "quarantine.parquet", "--stats", tmp_path / "augment.json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_augment_stage_on_a_tiny_model(tmp_path: Path, tiny_base: Path) -> None:
+    proc = run_augment(tmp_path, tiny_base, {"contrast": 10, "framed_per_seed": 2, "max_new_tokens": 16, "batch_size": 8})
+    assert proc.returncode == 0, proc.stderr
+    out = pl.read_parquet(tmp_path / "train_dpo.parquet")
+    quarantine = pl.read_parquet(tmp_path / "quarantine.parquet")
+    stats = json.loads((tmp_path / "augment.json").read_text())
+    assert out.columns == OUT_COLUMNS and out["pair_id"].n_unique() == out.height
+    assert stats["in"] == stats["out"] + stats["quarantined"] == out.height + stats["quarantined"]
+    assert quarantine.height == stats["quarantined"] + stats["self_answers"]["chemistry_quarantined"]
+    assert stats["self_answers"]["illegitimate_prompts_generated"] == 0
+    # Random weights write token soup; some may fail the checks, but every lever shows up.
+    assert stats["by_source"]["framed"] > 0
+    assert stats["by_source"]["contrast"] + stats["by_reason"].get("self answer too short", 0) + stats["by_reason"].get("self answer empty", 0) == 10
+    assert stats["self_answers"]["prompts_generated"] == 2 + 10  # two legitimate training prompts + contrast
+    assert set(out.filter(pl.col("source").is_in(["self_distill", "contrast"]))["label"].to_list()) <= {"legitimate"}
+    illegit = out.filter(pl.col("label") == "illegitimate")
+    assert set(illegit["source"].to_list()) <= {"pairs", "framed"}
+    assert all(opens_with_refusal(t) for t in illegit["chosen"].to_list())
+
+
+def test_augment_stage_bad_param_is_one_line(tmp_path: Path, tiny_base: Path) -> None:
+    proc = run_augment(tmp_path, tiny_base, {"contrast": -1})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "augment.contrast" in proc.stderr
