@@ -87,44 +87,71 @@ def check_api_key_env(value: str) -> str:
 class LLMRole(Section):
     """One LLM role (generator or judge): where it is served and how it samples."""
 
-    base_url: str = Field("local", description="'local' starts the embedded llama.cpp server")
-    model: str = Field("smollm2-135m-instruct", min_length=1)
-    api_key_env: str = Field("OPENAI_API_KEY", min_length=1, description="env var holding the key")
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
-    max_tokens: int = Field(128, ge=1, le=32768)
-    seed: int = Field(0, ge=0)
-    concurrency: int = Field(4, ge=1, le=1024)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(4, ge=0, le=20)
+    base_url: str = Field(
+        "local", description="`local` starts the embedded llama.cpp server; otherwise any OpenAI-compatible http(s) base URL"
+    )
+    model: str = Field("smollm2-135m-instruct", min_length=1, description="model name sent to the endpoint (and part of the cache key)")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", min_length=1, description="the environment variable holding the key; keys are never read from files"
+    )
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature")
+    max_tokens: int = Field(128, ge=1, le=32768, description="completion cap")
+    seed: int = Field(0, ge=0, description="sampling seed (retries use a shifted seed)")
+    concurrency: int = Field(4, ge=1, le=1024, description="requests in flight (llama.cpp serves one request at a time)")
+    timeout_s: float = Field(60.0, gt=0, description="per-request timeout in seconds")
+    max_retries: int = Field(4, ge=0, le=20, description="retries with exponential backoff and jitter; Retry-After honoured")
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return check_base_url(value)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _api_key_env(cls, value: str) -> str:
+        return check_api_key_env(value)
 
 
 class LocalServer(Section):
     """The embedded llama.cpp server used when base_url is 'local'."""
 
-    n_ctx: int = Field(2048, ge=256)
-    n_threads: int = Field(2, ge=1)
-    startup_timeout_s: float = Field(120.0, gt=0)
+    n_ctx: int = Field(2048, ge=256, description="context length of the embedded server")
+    n_threads: int = Field(2, ge=1, description="CPU threads of the embedded server")
+    startup_timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the embedded server to answer")
 
 
 class LLMParams(Section):
-    cache_path: str = ".libra/cache/llm.sqlite"
+    cache_path: str = Field(".libra/cache/llm.sqlite", description="the shared call cache (one SQLite file for all stages)")
     generator: LLMRole = LLMRole()
-    judge: LLMRole = LLMRole(temperature=0.0, max_tokens=64)
+    judge: LLMRole = LLMRole(temperature=0.0, max_tokens=96, concurrency=1)
     local: LocalServer = LocalServer()
 
 
 class CatalogParams(Section):
-    path: str = "data/catalog/compounds.csv"
-    max_unresolved_frac: float = Field(0.35, ge=0.0, le=1.0)
+    max_unresolved_frac: float = Field(
+        0.35, ge=0.0, le=1.0, description="the catalog stage fails above this share of unresolved names"
+    )
 
 
 class SeedsParams(Section):
-    n_illegitimate: int = Field(60, ge=1)
-    legit_ratio: float = Field(1.0, ge=0.0, le=10.0, description="legitimate seeds per illegitimate seed")
-    mode: Literal["text", "smiles"] = "text"
-    seed: int = Field(0, ge=0)
-    tasks: list[Task] = Field(default_factory=lambda: list(TASKS), min_length=1)
-    policy: dict[CompoundClass, dict[Task, Label]]
+    n_illegitimate: int = Field(24, ge=1, description="illegitimate seeds")
+    legit_ratio: float = Field(
+        1.0, ge=0.0, le=10.0, description="legitimate seeds per illegitimate seed (the paper's ratio sweep)"
+    )
+    mode: Literal["text", "smiles"] = Field("text", description="`text` names compounds by name, `smiles` by SMILES")
+    seed: int = Field(0, ge=0, description="sampling seed")
+    tasks: list[Task] = Field(default_factory=lambda: list(TASKS), min_length=1, description="tasks to draw seeds from (each once)")
+    policy: dict[CompoundClass, dict[Task, Label]] = Field(
+        description="`legitimate` or `illegitimate` for each (class, task): the dual-use table"
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[str]) -> list[str]:
+        twice = sorted({t for t in tasks if tasks.count(t) > 1})
+        if twice:
+            raise ValueError(f"lists {', '.join(twice)} more than once (each would give duplicate seed_ids); list each task once")
+        return tasks
 
     @model_validator(mode="after")
     def _policy_covers_tasks(self) -> "SeedsParams":
@@ -139,57 +166,85 @@ class SeedsParams(Section):
 
 
 class TripletsParams(Section):
-    paraphrase_refusals: bool = True
-    answer_max_tokens: int = Field(160, ge=8)
+    paraphrase_refusals: bool = Field(
+        True, description="let the generator reword template refusals (falls back to the template)"
+    )
+    answer_max_tokens: int = Field(128, ge=8, description="cap for legitimate answers")
 
 
 class RephraseParams(Section):
-    n_prompt: int = Field(2, ge=0, le=20)
-    n_answer: int = Field(1, ge=0, le=20)
-    max_pairs_per_seed: int = Field(25, ge=1)
-    near_dup_threshold: float = Field(0.9, gt=0.0, le=1.0)
-    ngram: int = Field(3, ge=1, le=8)
-    seed: int = Field(0, ge=0)
+    n_prompt: int = Field(2, ge=0, le=20, description="paraphrases per prompt")
+    n_answer: int = Field(1, ge=0, le=20, description="paraphrases per chosen answer")
+    max_pairs_per_seed: int = Field(
+        4, ge=1, description="cap on crossed pairs per seed (the paper had about 25; 4 keeps the CPU quickstart near 10 minutes)"
+    )
+    near_dup_threshold: float = Field(
+        0.9, gt=0.0, le=1.0, description="character n-gram Jaccard above which a paraphrase is a duplicate"
+    )
+    ngram: int = Field(3, ge=1, le=8, description="n of the character n-grams")
+    seed: int = Field(0, ge=0, description="shuffle seed for the cap")
 
 
 class SplitParams(Section):
-    strategy: Literal["by_compound", "random"] = "by_compound"
-    test_frac: float = Field(0.2, gt=0.0, lt=1.0)
-    seed: int = Field(0, ge=0)
+    strategy: Literal["by_compound", "random"] = Field(
+        "by_compound", description="`by_compound` (unseen compounds in test) or `random` (the paper's)"
+    )
+    test_frac: float = Field(0.25, gt=0.0, lt=1.0, description="test share")
+    seed: int = Field(0, ge=0, description="split seed")
 
 
 class BaseModelParams(Section):
-    source: str = Field("smollm2-gguf", description="'smollm2-gguf', a local path, or a hub id")
+    source: str = Field("smollm2-gguf", description="`smollm2-gguf`, a local transformers checkpoint dir, or a hub id")
 
 
 class LoraParams(Section):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    r: int = Field(8, ge=1, description="LoRA rank")
+    alpha: int = Field(16, ge=1, description="LoRA alpha")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="`all-linear` or a non-empty list of module names"
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _modules(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, str):
+            if value != "all-linear":
+                raise ValueError(f"{value!r} is neither all-linear nor a list of module names; use all-linear or [q_proj, v_proj]")
+            return value
+        if not value or not all(m.strip() for m in value):
+            raise ValueError("is empty; list module names such as [q_proj, v_proj], or use all-linear")
+        return value
 
 
 LossType = Literal["sigmoid", "ipo", "hinge", "robust", "sft"]
 
 
 class DPOParams(Section):
-    beta: float = Field(0.1, gt=0.0)
-    loss_type: list[LossType] = Field(default_factory=lambda: ["sigmoid", "sft"], min_length=1)
-    loss_weights: list[float] | None = None
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
-    learning_rate: float = Field(5e-4, gt=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    max_steps: int = Field(60, ge=1)
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_prompt_length: int = Field(128, ge=8)
-    max_length: int = Field(256, ge=16)
-    seed: int = Field(0, ge=0)
+    beta: float = Field(0.1, gt=0.0, description="DPO temperature")
+    loss_type: list[LossType] = Field(
+        default_factory=lambda: ["sigmoid", "sft"], min_length=1,
+        description="any of sigmoid, ipo, hinge, robust, sft (combined, weighted by `loss_weights`)",
+    )  # fmt: skip
+    loss_weights: list[Annotated[float, Field(ge=0.0)]] | None = Field(
+        None, description="one non-negative weight per loss type (null: equal weights)"
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="for robust / conservative DPO")
+    learning_rate: float = Field(5e-4, gt=0, description="peak learning rate")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="learning-rate schedule"
+    )
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="share of steps spent warming up")
+    max_steps: int = Field(60, ge=1, description="optimiser steps")
+    batch_size: int = Field(4, ge=1, description="pairs per step (global batch = batch_size * grad_accum)")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    max_prompt_length: int = Field(96, ge=8, description="prompt tokens kept (the last ones)")
+    max_length: int = Field(224, ge=16, description="prompt + answer tokens")
+    seed: int = Field(0, ge=0, description="training seed")
     lora: LoraParams = LoraParams()
-    num_threads: int = Field(0, ge=0, description="0 = one per physical core")
-    num_processes: int = Field(1, ge=1)
-    save_steps: int = Field(20, ge=1)
+    num_threads: int = Field(0, ge=0, description="torch threads (0 = one per physical core)")
+    num_processes: int = Field(1, ge=1, description="> 1 relaunches the stage under torchrun (DDP; gloo on CPU)")
+    save_steps: int = Field(10, ge=1, description="checkpoint interval (resume after a kill)")
 
     @model_validator(mode="after")
     def _lengths(self) -> "DPOParams":
@@ -213,17 +268,32 @@ class ComputeParams(Section):
 class EndpointModel(Section):
     """A model served by any OpenAI-compatible endpoint, scored like the local ones."""
 
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
+    base_url: str = Field(description="the endpoint's OpenAI-compatible http(s) base URL")
+    model: str = Field(min_length=1, description="model name at that endpoint")
+    api_key_env: str = Field("OPENAI_API_KEY", description="the environment variable holding its key")
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return check_base_url(value)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _api_key_env(cls, value: str) -> str:
+        return check_api_key_env(value)
 
 
 class EvalParams(Section):
-    models: list[str] = Field(default_factory=lambda: ["base", "dpo"], min_length=1)
-    endpoints: dict[str, EndpointModel] = Field(default_factory=dict)
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(16, ge=1)
-    greedy: bool = True
+    models: list[str] = Field(
+        default_factory=lambda: ["base", "dpo"], min_length=1,
+        description="models to judge and score: `base`, `dpo` or a key of `eval.endpoints`",
+    )  # fmt: skip
+    endpoints: dict[str, EndpointModel] = Field(
+        default_factory=dict, description="hosted models to score like the local ones, by name"
+    )
+    max_new_tokens: int = Field(64, ge=1, description="answer length cap")
+    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    greedy: bool = Field(True, description="greedy decoding (false: sample)")
 
     @model_validator(mode="after")
     def _known_models(self) -> "EvalParams":
@@ -234,22 +304,25 @@ class EvalParams(Section):
 
 
 class ClassifierParams(Section):
-    C: float = Field(4.0, gt=0)
-    ngram_max: int = Field(2, ge=1, le=4)
-    test_frac: float = Field(0.2, gt=0, lt=1)
-    seed: int = Field(0, ge=0)
+    C: float = Field(4.0, gt=0, description="inverse regularisation of the TF-IDF + logistic-regression refusal judge")
+    ngram_max: int = Field(2, ge=1, le=4, description="longest word n-gram of its features")
+    test_frac: float = Field(0.2, gt=0, lt=1, description="held-out share for its metrics")
+    seed: int = Field(0, ge=0, description="its split seed")
 
 
 class JudgeParams(Section):
     judges: list[Literal["rules", "classifier", "llm"]] = Field(
-        default_factory=lambda: ["rules", "classifier"], min_length=1
+        default_factory=lambda: ["rules", "classifier"], min_length=1,
+        description="judges to run; add `llm` when `llm.judge` is a capable model (docs/judges.md)",
+    )  # fmt: skip
+    fusion: Literal["vote", "any_refusal", "llm_only"] = Field(
+        "vote", description="`vote`, `any_refusal` (the paper's rule) or `llm_only`"
     )
-    fusion: Literal["vote", "any_refusal", "llm_only"] = "vote"
 
 
 class ScoreParams(Section):
-    bootstrap: int = Field(1000, ge=0)
-    seed: int = Field(0, ge=0)
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the 95% intervals")
+    seed: int = Field(0, ge=0, description="bootstrap seed")
 
 
 class Params(Section):
@@ -268,42 +341,132 @@ class Params(Section):
     score: ScoreParams = ScoreParams()
 
 
-def _format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
-    loc = [str(p) for p in err["loc"]]
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _error_key(loc: tuple[Any, ...]) -> tuple[str, ...]:
+    """The dotted key of an error; drops the union-member tags pydantic adds ('list[str]', ...)."""
+    return tuple(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or "'" in p or p in _TYPE_TAGS)))
+
+
+def _line_of(key: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int | None:
+    for n in range(len(key), 0, -1):
+        if key[:n] in lines:
+            return lines[key[:n]]
+    return None
+
+
+def _format_error(err: dict[str, Any], lines: dict[tuple[str, ...], int] | None = None) -> str:
+    """One problem as `line N: dotted.key ...: what is wrong; how to fix it`."""
+    loc = _error_key(tuple(err["loc"]))
     key = ".".join(loc) if loc else "(top level)"
+    line = _line_of(loc, lines or {})
+    at = f"line {line}: " if line is not None else ""
     kind = err["type"]
     if kind == "extra_forbidden":
         parent = ".".join(loc[:-1])
-        return f"params: unknown key {key!r}; remove it or fix its spelling (see docs/params.md for {parent or 'the sections'})"
+        return f"{at}unknown key {key!r}; remove it or fix its spelling (see docs/params.md for {parent or 'the sections'})"
     if kind == "missing":
-        return f"params: {key} is required but missing; add it to params.yaml"
-    value = err.get("input")
+        return f"{at}{key} is required but missing; add it to params.yaml"
     msg = err["msg"]
     if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-        return f"params: {key}: {msg}"
-    return f"params: {key} = {json.dumps(value, default=str)} is invalid: {msg}"
+        return f"{at}{key}: {msg.removeprefix('Value error, ')}"
+    value = err.get("input")
+    hint = ""
+    if isinstance(value, bool) and kind in ("int_type", "float_type"):
+        hint = "; true/false is not a number, write the number"
+    elif isinstance(value, float) and not math.isfinite(value):
+        hint = "; write a finite number"
+    elif isinstance(value, str) and kind in ("int_type", "float_type", "bool_type"):
+        hint = "; remove the quotes"
+    return f"{at}{key} = {json.dumps(value, default=str)} is invalid: {msg}{hint}"
 
 
-def parse_params(raw: Any) -> Params:
+def _errors_message(problems: list[str], source: str) -> str:
+    if len(problems) == 1:
+        return f"params: {source}: {problems[0]}"
+    shown = problems[:MAX_ERRORS]
+    more = f" (and {len(problems) - len(shown)} more)" if len(problems) > len(shown) else ""
+    return f"params: {source}: {len(problems)} problems{more}: " + " | ".join(shown)
+
+
+def parse_params(raw: Any, source: str = "params.yaml", lines: dict[tuple[str, ...], int] | None = None) -> Params:
+    """Validate a loaded mapping; every problem (up to MAX_ERRORS) goes into one ParamsError line."""
     if not isinstance(raw, dict):
-        raise ParamsError("params: params.yaml must be a mapping of sections (llm, seeds, dpo, ...)")
+        raise ParamsError(f"params: {source} must be a mapping of sections (llm, seeds, dpo, ...)")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ParamsError(_format_error(exc.errors()[0], raw)) from None
+        problems: list[str] = []
+        seen: set[tuple[str, ...]] = set()
+        for err in exc.errors():
+            key = _error_key(tuple(err["loc"]))
+            if key in seen:  # one input failing every member of a union: report it once
+                continue
+            seen.add(key)
+            problems.append(_format_error(err, lines))  # type: ignore[arg-type]
+        raise ParamsError(_errors_message(problems, source)) from None
+
+
+def _key_lines(node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ...], int], dups: list[str]) -> None:
+    """Record the line of every mapping key; a key given twice in one mapping is a problem."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*path, str(key_node.value))
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                dups.append(
+                    f"lines {lines[key]} and {line}: {'.'.join(key)} is given twice (the second would silently "
+                    "replace the first); merge them into one"
+                )
+                continue
+            lines[key] = line
+            _key_lines(value_node, key, lines, dups)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _key_lines(item, (*path, str(i)), lines, dups)
+
+
+def read_yaml(path: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """Parse a YAML file: (data, line of each dotted key). Not UTF-8, a syntax error or a
+    duplicated key raises ParamsError naming the file and line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ParamsError(
+            f"params: {path} line {line}: byte 0x{data[exc.start]:02x} is not UTF-8; save the file as UTF-8"
+        ) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[tuple[str, ...], int] = {}
+        dups: list[str] = []
+        if node is not None:
+            _key_lines(node, (), lines, dups)
+        if dups:
+            raise ParamsError(_errors_message(dups, str(path)))
+        raw = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(x for x in (exc.context, exc.problem) if x)
+        raise ParamsError(f"params: {path}{where}: invalid YAML: {what}; fix the syntax there") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"params: {path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    finally:
+        loader.dispose()
+    return raw, lines
 
 
 def load_params(path: str | os.PathLike[str] | None = None) -> Params:
     """Load and validate params.yaml (or $LIBRA_PARAMS, or the given path)."""
     p = Path(path or os.environ.get("LIBRA_PARAMS", DEFAULT_PARAMS_PATH))
-    if not p.exists():
+    if not p.is_file():
         raise ParamsError(f"params: {p} not found; run from the project root or set LIBRA_PARAMS")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"params: {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_params(raw)
+    raw, lines = read_yaml(p)
+    return parse_params(raw, str(p), lines)
 
 
 def params_hash(section: BaseModel | dict[str, Any]) -> str:
