@@ -154,7 +154,7 @@ class SeedsParams(Section):
         return tasks
 
     @model_validator(mode="after")
-    def _policy_covers_tasks(self) -> "SeedsParams":
+    def _policy_covers_tasks(self) -> SeedsParams:
         for cls in ("controlled", "common"):
             table = self.policy.get(cls)  # type: ignore[call-overload]
             if table is None:
@@ -247,7 +247,7 @@ class DPOParams(Section):
     save_steps: int = Field(10, ge=1, description="checkpoint interval (resume after a kill)")
 
     @model_validator(mode="after")
-    def _lengths(self) -> "DPOParams":
+    def _lengths(self) -> DPOParams:
         if self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"max_prompt_length ({self.max_prompt_length}) must be < max_length ({self.max_length})"
@@ -296,7 +296,7 @@ class EvalParams(Section):
     greedy: bool = Field(True, description="greedy decoding (false: sample)")
 
     @model_validator(mode="after")
-    def _known_models(self) -> "EvalParams":
+    def _known_models(self) -> EvalParams:
         for name in self.models:
             if name not in ("base", "dpo") and name not in self.endpoints:
                 raise ValueError(f"model {name!r} is neither base, dpo nor a key of eval.endpoints")
