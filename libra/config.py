@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from libra.errors import ParamsError
 
@@ -84,14 +84,18 @@ def check_api_key_env(value: str) -> str:
     return value
 
 
+BaseUrl = Annotated[str, AfterValidator(check_base_url)]
+ApiKeyEnv = Annotated[str, AfterValidator(check_api_key_env)]
+
+
 class LLMRole(Section):
     """One LLM role (generator or judge): where it is served and how it samples."""
 
-    base_url: str = Field(
+    base_url: BaseUrl = Field(
         "local", description="`local` starts the embedded llama.cpp server; otherwise any OpenAI-compatible http(s) base URL"
     )
     model: str = Field("smollm2-135m-instruct", min_length=1, description="model name sent to the endpoint (and part of the cache key)")
-    api_key_env: str = Field(
+    api_key_env: ApiKeyEnv = Field(
         "OPENAI_API_KEY", min_length=1, description="the environment variable holding the key; keys are never read from files"
     )
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature")
@@ -100,16 +104,6 @@ class LLMRole(Section):
     concurrency: int = Field(4, ge=1, le=1024, description="requests in flight (llama.cpp serves one request at a time)")
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout in seconds")
     max_retries: int = Field(4, ge=0, le=20, description="retries with exponential backoff and jitter; Retry-After honoured")
-
-    @field_validator("base_url")
-    @classmethod
-    def _base_url(cls, value: str) -> str:
-        return check_base_url(value)
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _api_key_env(cls, value: str) -> str:
-        return check_api_key_env(value)
 
 
 class LocalServer(Section):
@@ -268,19 +262,9 @@ class ComputeParams(Section):
 class EndpointModel(Section):
     """A model served by any OpenAI-compatible endpoint, scored like the local ones."""
 
-    base_url: str = Field(description="the endpoint's OpenAI-compatible http(s) base URL")
+    base_url: BaseUrl = Field(description="the endpoint's OpenAI-compatible http(s) base URL")
     model: str = Field(min_length=1, description="model name at that endpoint")
-    api_key_env: str = Field("OPENAI_API_KEY", description="the environment variable holding its key")
-
-    @field_validator("base_url")
-    @classmethod
-    def _base_url(cls, value: str) -> str:
-        return check_base_url(value)
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _api_key_env(cls, value: str) -> str:
-        return check_api_key_env(value)
+    api_key_env: ApiKeyEnv = Field("OPENAI_API_KEY", description="the environment variable holding its key")
 
 
 class EvalParams(Section):
