@@ -26,18 +26,21 @@ import csv
 import io
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from libra.config import SeedsParams
 from libra.data.eval_templates import EVAL_TASK_PROMPTS, FRAMINGS, IDENTIFIER_NAMES, MULTIPART
 from libra.errors import InputError, LibraError
 from libra.eval.answer import prompt_id
+
+if TYPE_CHECKING:  # libra.config imports SuiteSpec from here for eval.suites
+    from libra.config import SeedsParams
 
 LABELS = ("legitimate", "illegitimate")
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "label", "suite", "partition")
@@ -80,6 +83,19 @@ class SuiteSpec(BaseModel):
             owner = "xstest" if stray[0] in _XSTEST_KEYS else "in_domain"
             raise ValueError(f"{stray[0]} applies only to builtin {owner}; remove it from this suite")
         return self
+
+
+_SUITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def check_suites(suites: dict[str, SuiteSpec]) -> dict[str, SuiteSpec]:
+    """For a pydantic field validator on `eval.suites`: names become file names and DVC keys."""
+    if not suites:
+        raise ValueError("lists no suite; name at least one (in_domain, xstest, or a file of your own)")
+    for name in suites:
+        if not _SUITE_NAME.match(name):
+            raise ValueError(f"suite name {name!r} must be lowercase letters, digits, _ or - (it names data/suites/<name>.parquet)")
+    return suites
 
 
 DEFAULT_SUITES: dict[str, SuiteSpec] = {
@@ -384,7 +400,8 @@ def unseen_compounds(compounds: pl.DataFrame, train: pl.DataFrame, test: pl.Data
 
 def iupac_names(compounds: pl.DataFrame) -> dict[str, str]:
     """IUPAC names looked up offline by CAS (chemicals' PubChem subset); compounds whose IUPAC
-    name is missing or is just their common name are left out (no IUPAC framing for them)."""
+    name is missing or contains their common name ("molecular chlorine") are left out: it would
+    not hide the name, so they get no IUPAC framing."""
     from chemicals.identifiers import search_chemical
 
     out = {}
@@ -393,7 +410,7 @@ def iupac_names(compounds: pl.DataFrame) -> dict[str, str]:
             iupac = (search_chemical(cas).iupac_name or "").strip() if cas else ""
         except ValueError:
             continue
-        if iupac and iupac.lower() != name.lower():
+        if iupac and name.lower() not in iupac.lower():
             out[cid] = iupac
     return out
 
