@@ -161,7 +161,8 @@ def test_builder_sources_labels_and_counts() -> None:
     out, quarantine, stats = build_augmented(train, compounds, AugmentParams(contrast=20, framed_per_seed=2), Recorder())
     assert out.columns == OUT_COLUMNS
     assert stats["reconciles"] and stats["in"] == stats["out"] + stats["quarantined"]
-    assert {s for s, n in stats["by_source"].items() if n} == {"self_distill", "contrast", "framed"}
+    assert {s for s, n in stats["by_source"].items() if n} == {"pairs", "self_distill", "contrast", "framed"}
+    assert set(out.filter(pl.col("source") == "pairs")["label"].to_list()) == {"illegitimate"}
     assert out.filter(pl.col("source") == "contrast").height == 20
     assert set(out.filter(pl.col("source").is_in(["self_distill", "contrast"]))["label"].to_list()) == {"legitimate"}
     framed = out.filter(pl.col("source") == "framed")
@@ -258,8 +259,9 @@ def test_augment_stage_on_a_tiny_model(tmp_path: Path, tiny_base: Path) -> None:
     assert stats["self_answers"]["illegitimate_prompts_generated"] == 0
     # Random weights write token soup; some may fail the checks, but every lever shows up.
     assert stats["by_source"]["framed"] > 0
-    assert stats["by_source"]["contrast"] + stats["by_reason"].get("self answer too short", 0) + stats["by_reason"].get("self answer empty", 0) == 10
-    assert stats["self_answers"]["prompts_generated"] == 2 + 10  # two legitimate training prompts + contrast
+    dropped_contrast = quarantine.filter(pl.col("seed_id").str.starts_with("contrast-") & (pl.col("field") == "chosen"))
+    assert stats["by_source"]["contrast"] + dropped_contrast.height == 10
+    assert stats["self_answers"]["prompts_generated"] == 4 + 10  # four legitimate training prompts + contrast
     assert set(out.filter(pl.col("source").is_in(["self_distill", "contrast"]))["label"].to_list()) <= {"legitimate"}
     illegit = out.filter(pl.col("label") == "illegitimate")
     assert set(illegit["source"].to_list()) <= {"pairs", "framed"}

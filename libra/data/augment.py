@@ -62,7 +62,7 @@ class AugmentParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     self_distill_legit: bool = Field(True, description="legitimate prompts: chosen = the base policy's own greedy answer")
-    contrast: int = Field(96, ge=0, description="general-domain benign contrast pairs (0 = none; at most 242)")
+    contrast: int = Field(64, ge=0, description="general-domain benign contrast pairs (0 = none; at most 242)")
     framed: bool = Field(True, description="add adversarially framed prompts for both labels")
     framed_per_seed: int = Field(2, ge=0, le=len(KINDS), description="cap on framed prompts per training seed")
     framings: list[Framing] = Field(default_factory=lambda: list(KINDS), min_length=1, description="framing kinds used")
@@ -103,13 +103,10 @@ def self_answer_problem(text: str, compound_class: str | None) -> str | None:
         return "self answer empty"
     if len(text.split()) < MIN_ANSWER_WORDS:
         return "self answer too short"
+    # The data stages' own refusal check (libra/data/safety.py), not the judges': a change to
+    # the judges must not re-run augment and everything trained after it.
     if opens_with_refusal(text):
         return "self answer is a refusal"
-    from libra.eval.judges.rules import judge as rules_judge
-
-    verdict = rules_judge("", text)
-    if verdict.label in ("refusal", "partial_refusal"):
-        return f"self answer is a refusal (rules judge: {verdict.label})"
     if compound_class == "controlled":
         return operational_content(text)
     return None
