@@ -1,6 +1,7 @@
 """The `libra` command.
 
     libra params                      # validate params.yaml and print its hash
+    libra params --doc                # the params reference, docs/params.md
     libra cache stats | clear         # the shared LLM call cache
     libra cache export PATH | merge PATH   # share it with a teammate
     libra serve --port 8080           # the embedded llama.cpp server, in the foreground
@@ -15,10 +16,15 @@ import sys
 from pathlib import Path
 
 from libra.config import load_params, params_hash
-from libra.errors import LibraError
+from libra.errors import InputError, LibraError
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
+    if args.doc:
+        from libra.params_doc import params_doc
+
+        sys.stdout.write(params_doc())
+        return 0
     params = load_params(args.params)
     print(f"params OK: {args.params or 'params.yaml'} (hash {params_hash(params)})")
     return 0
@@ -36,7 +42,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             if not args.path:
                 raise LibraError(f"libra cache {args.action} needs a PATH (the shared cache file)")
             if args.action == "export":
-                print(f"exported {cache.export(args.path)} cached calls to {args.path}")
+                print(f"exported {cache.export(args.path, force=args.force)} cached calls to {args.path}")
             else:
                 print(f"merged {cache.merge(args.path)} new cached calls from {args.path} into {params.llm.cache_path}")
         else:
@@ -59,8 +65,11 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     from libra.eval.judge_cli import judge_file
 
     params = load_params(args.params)
+    inp, out = Path(args.input), Path(args.output)
+    if out.exists() and not args.force and not (inp.exists() and out.samefile(inp)):
+        raise InputError(f"--output {out} already exists; pass --force to replace it, or choose another path")
     judges = [j.strip() for j in args.judges.split(",") if j.strip()]
-    summary = judge_file(Path(args.input), Path(args.output), judges, Path(args.classifier), params)
+    summary = judge_file(inp, out, judges, Path(args.classifier), params)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -71,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("params", help="validate params.yaml and print its hash")
+    p.add_argument("--doc", action="store_true", help="print the params reference (docs/params.md) generated from the models")
     p.set_defaults(func=_cmd_params)
 
     p = sub.add_parser("cache", help="inspect or clear the shared LLM call cache (llm.cache_path)")
@@ -82,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", nargs="?", default=None, help="the shared cache file (export / merge)")
     p.add_argument("--stage", default=None, help="with clear: only this stage's entries (default: all)")
+    p.add_argument("--force", action="store_true", help="with export: replace an existing file at PATH")
     p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser("serve", help="run the embedded llama.cpp server (SmolLM2-135M-Instruct) in the foreground")
@@ -92,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="JSONL file, one {\"prompt\": ..., \"response\": ...} per line")
     p.add_argument("--output", required=True, help="JSONL file to write: input rows + verdict + one field per judge")
     p.add_argument("--judges", default="rules,classifier", help="comma-separated subset of rules,classifier,llm (default: rules,classifier)")
+    p.add_argument("--force", action="store_true", help="replace an existing --output file")
     p.add_argument("--classifier", default="models/judge_classifier.joblib", help="trained classifier (default: %(default)s; `dvc repro classifier` makes it)")
     p.set_defaults(func=_cmd_judge)
     return parser

@@ -11,6 +11,7 @@ token usage goes to metrics/usage/<usage-stage>.json.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from libra.config import load_params
 from libra.errors import ParamsError
@@ -26,13 +27,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--classifier", default="models/judge_classifier.joblib", help="trained classifier judge (default: %(default)s)")
     p.add_argument("--out", required=True, help="judged parquet to write")
     p.add_argument("--stats", required=True, help="json file for verdict counts and judge agreement")
-    p.add_argument("--usage-stage", default="judge", help="name for metrics/usage/<name>.json (default: %(default)s)")
+    p.add_argument("--usage", default=None, help="LLM usage json to write (default: metrics/usage/<usage-stage>.json)")
+    p.add_argument("--usage-stage", default=None, help="stage name in the usage file and the call cache (default: the --usage file's name, else judge)")
     return p.parse_args()
 
 
 @entrypoint
 def main() -> None:
     args = parse_args()
+    stage = args.usage_stage or (Path(args.usage).stem if args.usage else "judge")
+    usage_path = usage_file(stage, args.usage)
     params = load_params()
     cfg = params.judge
     if cfg.fusion == "llm_only" and "llm" not in cfg.judges:
@@ -42,12 +46,12 @@ def main() -> None:
     answers = read_parquet(args.answers)
 
     # Judge
-    with open_judges(cfg.judges, params, classifier_path=args.classifier, stage=args.usage_stage) as judges:
+    with open_judges(cfg.judges, params, classifier_path=args.classifier, stage=stage, usage_path=usage_path) as judges:
         judged, stats = judge_table(answers, judges, fusion=cfg.fusion)
 
     # Save
     if "llm" not in cfg.judges:  # no LLM call: the usage file (a DVC out) says so
-        write_usage(Usage(stage=args.usage_stage, model="none"), usage_file(args.usage_stage))
+        write_usage(Usage(stage=stage, model="none"), usage_path)
     write_parquet(judged, args.out)
     write_json(stats, args.stats)
     counts = ", ".join(f"{k} {v}" for k, v in stats["verdict"].items())

@@ -24,11 +24,12 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="pairs parquet to write")
     parser.add_argument("--quarantine", required=True, help="quarantined paraphrases with their reason")
     parser.add_argument("--stats", required=True, help="stats json; in = out + quarantined (paraphrases)")
+    parser.add_argument("--usage", default=None, help="LLM usage json to write (default: metrics/usage/rephrase.json)")
     args = parser.parse_args()
 
     params = load_params()
     triplets = read_parquet(args.triplets)
-    with open_client(params.llm, params.llm.generator, stage="rephrase") as client:
+    with open_client(params.llm, params.llm.generator, stage="rephrase", usage_path=args.usage) as client:
         pairs, quarantine, stats = build_pairs(triplets, client, params.rephrase)
     write_parquet(pairs, args.out)
     write_parquet(quarantine, args.quarantine)

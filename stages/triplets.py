@@ -25,11 +25,12 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="triplets parquet to write")
     parser.add_argument("--quarantine", required=True, help="quarantined seeds with their reason")
     parser.add_argument("--stats", required=True, help="stats json; in = out + quarantined")
+    parser.add_argument("--usage", default=None, help="LLM usage json to write (default: metrics/usage/triplets.json)")
     args = parser.parse_args()
 
     params = load_params()
     seeds = read_parquet(args.seeds)
-    with open_client(params.llm, params.llm.generator, stage="triplets") as client:
+    with open_client(params.llm, params.llm.generator, stage="triplets", usage_path=args.usage) as client:
         triplets, quarantine = build_triplets(seeds, client, params.triplets)
 
     write_parquet(triplets, args.out)

@@ -22,6 +22,7 @@ half-identified compound. Each quarantined row carries a `reason`:
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from collections import Counter
@@ -83,7 +84,17 @@ def read_catalog(path: str | os.PathLike[str]) -> list[CatalogRow]:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p} not found; pass the curated catalog CSV with --catalog")
-    with p.open(newline="", encoding="utf-8") as f:
+    if not p.is_file():
+        raise InputError(f"{p} is not a file; pass the curated catalog CSV with --catalog")
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # a BOM (Excel writes one) is not part of the first column name
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"{p} row {line}: byte 0x{data[exc.start]:02x} is not UTF-8; save the catalog as UTF-8 (CSV UTF-8 in Excel)"
+        ) from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -98,8 +109,14 @@ def read_catalog(path: str | os.PathLike[str]) -> list[CatalogRow]:
             )
         rows: list[CatalogRow] = []
         first_row_of: dict[str, int] = {}
+        end = reader.line_num
         for fields in reader:
-            line = reader.line_num
+            line, end = end + 1, reader.line_num  # a quoted field may span lines: a row starts after the last
+            if any("\n" in v or "\r" in v for v in fields):
+                raise InputError(
+                    f"{p} row {line}: a quote opened in this row is not closed (the field runs on to row {end}); "
+                    'close it (names with commas are written "like, this") or remove it'
+                )
             if not any(f.strip() for f in fields):
                 continue
             if len(fields) != len(header):

@@ -27,22 +27,37 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows with string `prompt` and `response`; errors name the line."""
     if not path.exists():
         raise InputError(f"{path} not found; pass a JSONL file with one {{\"prompt\", \"response\"}} object per line")
+    if not path.is_file():
+        raise InputError(f"{path} is not a file; pass a JSONL file with one {{\"prompt\", \"response\"}} object per line")
     rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object with prompt and response, got {type(row).__name__}")
-            for key in ("prompt", "response"):
-                if not isinstance(row.get(key), str):
-                    problem = "missing" if key not in row else f"not a string ({type(row[key]).__name__})"
-                    raise InputError(f"{path}:{lineno}: {key!r} is {problem}; every row needs string prompt and response")
-            rows.append(row)
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (some editors write one) is not content
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{path}:{lineno}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8; save the file as UTF-8"
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{lineno}: expected a JSON object with prompt and response, got {type(row).__name__}")
+        for key in ("prompt", "response"):
+            if not isinstance(row.get(key), str):
+                problem = "missing" if key not in row else f"not a string ({type(row[key]).__name__})"
+                raise InputError(f"{path}:{lineno}: {key!r} is {problem}; every row needs string prompt and response")
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"{path}:{lineno}: holds a lone surrogate escape (such as \\ud800) that is not a character; "
+                "fix or remove it (a pair such as \\ud83d\\ude00 is fine)"
+            ) from None
+        rows.append(row)
     if not rows:
         raise InputError(f"{path} has no rows; write one {{\"prompt\", \"response\"}} object per line")
     return rows
@@ -50,6 +65,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def judge_file(input: Path, output: Path, judges: list[str], classifier_path: Path | None, params: Params) -> dict[str, Any]:
     """Judge `input` into `output`; return the stats (counts, per judge, kappas)."""
+    if output.resolve() == input.resolve() or (output.exists() and input.exists() and output.samefile(input)):
+        raise InputError(f"--output {output} is the --input file; judging would overwrite it, write to another path")
     unknown = [j for j in judges if j not in JUDGE_ORDER]
     if unknown or not judges:
         raise InputError(f"--judges {','.join(judges) or '(empty)'}: choose from {','.join(JUDGE_ORDER)}")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from libra.errors import LibraError
+from libra.errors import InputError, LibraError
+from libra.io import atomic_path
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -134,25 +135,53 @@ class CallCache:
         self._db.execute("VACUUM")
         return int(cur.rowcount)
 
-    def export(self, dest: str | os.PathLike[str]) -> int:
-        """Write a consistent single-file snapshot (no WAL side files) for sharing."""
+    def export(self, dest: str | os.PathLike[str], *, force: bool = False) -> int:
+        """Write a consistent single-file snapshot (no WAL side files) for sharing.
+
+        An existing file at `dest` is kept unless `force`; a directory is an InputError."""
         target = Path(dest)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.unlink(missing_ok=True)
-        out = sqlite3.connect(target)
-        try:
-            self._db.backup(out)
-            out.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            out.close()
+        if target.is_dir():
+            raise InputError(
+                f"cache export: {target} is a directory; give a file path such as {target / 'llm-cache.sqlite'}"
+            )
+        if target.exists() or target.is_symlink():
+            if target.resolve() == self.path.resolve():
+                raise InputError(f"cache export: {target} is the cache itself; export to another path")
+            if not force:
+                raise InputError(f"cache export: {target} already exists; pass --force to replace it, or choose another path")
+        with atomic_path(target) as tmp:
+            out = sqlite3.connect(tmp)
+            try:
+                self._db.backup(out)
+                out.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                out.close()
         return int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
 
     def merge(self, source: str | os.PathLike[str]) -> int:
-        """Add another cache's entries (a teammate's export); existing keys are kept."""
-        if not Path(source).exists():
-            raise LibraError(f"{source} not found; export a cache with `libra cache export PATH` (or dvc pull it) first")
+        """Add another cache's entries (a teammate's export); existing keys are kept.
+
+        A missing file, a directory or a file that is not a libra cache is an InputError."""
+        src = Path(source)
+        if not src.exists():
+            raise InputError(f"cache merge: {src} not found; export a cache with `libra cache export PATH` (or dvc pull it) first")
+        if not src.is_file():
+            raise InputError(f"cache merge: {src} is not a file; give the path of a file made by `libra cache export`")
+        not_a_cache = InputError(
+            f"cache merge: {src} is not a libra call cache (no calls table); give a file made by `libra cache export`"
+        )
+        try:
+            probe = sqlite3.connect(f"{src.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                columns = [row[1] for row in probe.execute("PRAGMA table_info(calls)").fetchall()]
+            finally:
+                probe.close()
+        except sqlite3.DatabaseError:
+            raise not_a_cache from None
+        if columns != ["key", "model", "stage", "reply", "prompt_tokens", "completion_tokens", "created"]:
+            raise not_a_cache
         before = int(self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0])
-        self._db.execute("ATTACH DATABASE ? AS other", (str(source),))
+        self._db.execute("ATTACH DATABASE ? AS other", (str(src),))
         try:
             self._db.execute("INSERT OR IGNORE INTO calls SELECT * FROM other.calls")
         finally:

@@ -45,6 +45,15 @@ class ChatRequest:
     sample: int = 0
     max_tokens: int | None = None
     temperature: float | None = None
+    # Keep a reasoning model's `reasoning_content` (or `reasoning`) as a leading <think> block of the text.
+    keep_reasoning: bool = False
+
+
+def with_reasoning(message: Any, text: str) -> str:
+    """`text` with the message's reasoning trace (OpenAI-compatible `reasoning_content`) in front as <think>...</think>."""
+    extra = getattr(message, "model_extra", None) or {}
+    trace = extra.get("reasoning_content") or extra.get("reasoning") or getattr(message, "reasoning_content", None)
+    return f"<think>{trace}</think>{text}" if isinstance(trace, str) and trace.strip() else text
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,7 @@ class LLMClient:
         self.usage = Usage(stage=stage, model=role.model)
         self._api_key = api_key
         self._transport_streak = 0
+        self._answered = False  # has the endpoint ever sent back an HTTP response?
 
     def _key(self, req: ChatRequest, schema: dict[str, Any] | None) -> str:
         return call_key(
@@ -195,6 +205,7 @@ class LLMClient:
                 try:
                     resp = await api.chat.completions.create(**kwargs)
                 except openai.RateLimitError as exc:
+                    self._answered = True
                     last_error, delay = "rate_limited: 429", _retry_after_s(exc)
                 except openai.APITimeoutError:
                     last_error = f"timeout: no reply within {self.role.timeout_s:.0f} s"
@@ -204,6 +215,7 @@ class LLMClient:
                     if self._transport_streak >= DEAD_ENDPOINT_STREAK:
                         raise _EndpointDown(last_error) from None
                 except openai.APIStatusError as exc:
+                    self._answered = True
                     last_error = f"http_{exc.status_code}: {str(exc.message)[:120]}"
                     if exc.status_code < 500 and exc.status_code not in (408, 409):
                         break  # a client error will not fix itself
@@ -211,7 +223,10 @@ class LLMClient:
                     last_error = f"bad_response: {type(exc).__name__}: {str(exc)[:120]}"
                 else:
                     self._transport_streak = 0
+                    self._answered = True
                     text = (resp.choices[0].message.content or "") if resp.choices else ""
+                    if req.keep_reasoning and resp.choices:
+                        text = with_reasoning(resp.choices[0].message, text)
                     if resp.usage is not None:
                         self.usage.prompt_tokens += resp.usage.prompt_tokens
                         self.usage.completion_tokens += resp.usage.completion_tokens
@@ -255,15 +270,31 @@ class LLMClient:
                         for t in tasks:
                             t.cancel()
                         await asyncio.gather(*tasks, return_exceptions=True)
-                        done = sum(r is not None for r in results)
-                        raise LibraError(
-                            f"LLM endpoint {self.base_url} stopped answering ({exc}); "
-                            f"{done} of {len(requests)} calls finished and are cached; rerun to resume"
-                        ) from None
+                        raise self._endpoint_down(requests, results, str(exc)) from None
                     bar.update(1)
         finally:
             await api.close()
         return [r for r in results if r is not None]
+
+    def _endpoint_down(
+        self, requests: Sequence[ChatRequest], results: list[ChatResult | None], reason: str
+    ) -> LibraError:
+        """Account for a batch cut short by a dead endpoint (every unfinished call is a failure)
+        and say whether it never answered (a wrong base_url, a server not started) or stopped."""
+        finished = [r for r in results if r is not None]
+        self.usage.ok += sum(r.ok for r in finished)
+        kind = "stopped_answering" if self._answered else "unreachable"
+        for _ in range(len(requests) - len(finished)):
+            self.usage.count_failure(f"{kind}: {reason}")
+        if not self._answered:
+            return LibraError(
+                f"LLM endpoint {self.base_url} is unreachable: no call got an answer ({reason}); check base_url "
+                f"and that the server is running; {len(requests) - len(finished)} of {len(requests)} calls failed"
+            )
+        return LibraError(
+            f"LLM endpoint {self.base_url} stopped answering ({reason}); "
+            f"{len(finished)} of {len(requests)} calls finished and are cached; rerun to resume"
+        )
 
     def run(self, requests: Sequence[ChatRequest], desc: str = "llm") -> list[ChatResult]:
         """Run a batch; results are in request order."""

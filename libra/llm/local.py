@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from libra.config import LocalServer
-from libra.errors import LibraError
+from libra.config import LocalServer, check_base_url
+from libra.errors import InputError, LibraError
 
 LOCAL_URL_ENV = "LIBRA_LOCAL_URL"
 LOG_DIR = Path(".libra/logs")
@@ -82,6 +82,15 @@ def local_server(model_alias: str, cfg: LocalServer) -> Iterator[str]:
     """Yield the base URL (…/v1) of a healthy local server; stop it on exit if we started it."""
     reuse = os.environ.get(LOCAL_URL_ENV)
     if reuse:
+        try:
+            valid = check_base_url(reuse) != "local"  # 'local' names the embedded server, not an address
+        except ValueError:
+            valid = False
+        if not valid:
+            raise InputError(
+                f"{LOCAL_URL_ENV}={reuse!r} is not an http(s) URL with a host; set it to the URL `libra serve` "
+                f"prints (http://127.0.0.1:PORT/v1) or unset it"
+            )
         if not is_healthy(reuse):
             raise LibraError(f"{LOCAL_URL_ENV}={reuse} is not answering on /models; start it with `libra serve` or unset {LOCAL_URL_ENV}")
         yield reuse
