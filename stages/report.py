@@ -1,11 +1,13 @@
-"""python stages/report.py --metrics 'metrics/eval/{model}.json' --judged 'data/judged/{model}.parquet' --out metrics/report.md --plots metrics/plots --frontier metrics/frontier.json
+"""python stages/report.py --metrics 'metrics/eval/{model}/{suite}.json' --judged 'data/judged/{model}/{suite}.parquet' --validation metrics/judge/validation.json --out metrics/report.md --plots metrics/plots --frontier metrics/frontier.json --summary metrics/summary.json
 
-Compare the scored models: a markdown report (summary with intervals and deltas against
-base, dual-use over-refusal, per-task and per-group tables, example answers), PNG plots
-(safety vs utility, per-task bars) and the frontier rows that `dvc plots` draws.
---metrics and --judged are either one pattern with `{model}`, filled in for each model of
-eval.models (so adding a model is a params.yaml change only), or explicit lists of files
-naming the same models in the same order.
+Compare every scored (model, suite): a markdown report that leads with what a user must not
+miss (warnings; per suite safety, utility and overall with intervals, n and the paired change
+from base; XSTest over-refusal and its rise over base), then per-partition tables raw beside
+judge-corrected, the safety/utility frontier (over models and `<model>@<lambda>` adapter
+scales), breakdowns and example answers; PNG plots (frontier.png, by_partition.png); the
+frontier rows that `dvc plots` draws; and optionally a flat summary json for `dvc metrics`.
+Models come from eval.models, suites from eval.suites (a list of names or a mapping keyed by
+name); --models / --suites override them.
 """
 
 from __future__ import annotations
@@ -17,52 +19,71 @@ from pathlib import Path
 
 from libra.config import load_params
 from libra.errors import InputError
-from libra.eval.report import expand_paths, frontier_rows, plot_by_task, plot_frontier, render
+from libra.eval.report import (
+    Results, check_judge, expand, frontier_rows, names, plot_by_partition, plot_frontier, render, summary,
+)
+from libra.eval.score import JudgeFigures
 from libra.io import read_parquet, write_json, write_text
 from libra.stage import entrypoint
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--metrics", nargs="+", required=True,
-                   help="metrics json per model (from the score stage), or one pattern with {model}")
-    p.add_argument("--judged", nargs="+", required=True,
-                   help="judged parquet per model, same order as --metrics, or one pattern with {model}")
+    p.add_argument("--metrics", required=True, help="pattern with {model} and {suite}: metrics json from the score stage")
+    p.add_argument("--judged", required=True, help="pattern with {model} and {suite}: judged parquet")
+    p.add_argument("--validation", help="judge validation json; checked against the figures the metrics were corrected with")
     p.add_argument("--out", required=True, help="markdown report to write")
-    p.add_argument("--plots", required=True, help="directory for frontier.png and by_task.png")
-    p.add_argument("--frontier", required=True, help="json rows {model, safety, utility, overall} for dvc plots")
+    p.add_argument("--plots", required=True, help="directory for frontier.png and by_partition.png")
+    p.add_argument("--frontier", required=True, help="json rows, one per (model, suite), for dvc plots")
+    p.add_argument("--summary", help="flat json per suite and model (rates, deltas, XSTest over-refusal) for dvc metrics")
+    p.add_argument("--models", nargs="+", help="model names (default: eval.models)")
+    p.add_argument("--suites", nargs="+", help="suite names (default: eval.suites)")
     return p.parse_args()
 
 
 @entrypoint
 def main() -> None:
     args = parse_args()
-    models = load_params().eval.models
-    metrics_paths, judged_paths = expand_paths(args.metrics, models), expand_paths(args.judged, models)
-    if len(metrics_paths) != len(judged_paths):
-        raise InputError(f"got {len(metrics_paths)} --metrics but {len(judged_paths)} --judged files; pass one of each per model")
+    for flag, pattern, needs in (("--metrics", args.metrics, "{model}"), ("--judged", args.judged, "{model}")):
+        if needs not in pattern or "{suite}" not in pattern:
+            raise InputError(f"{flag} {pattern!r} must contain {{model}} and {{suite}}, e.g. 'metrics/eval/{{model}}/{{suite}}.json'")
+    params = load_params()
+    models = args.models or names(params.eval.models, "eval.models")
+    if args.suites:
+        suites = args.suites
+    elif getattr(params.eval, "suites", None) is not None:
+        suites = names(params.eval.suites, "eval.suites")
+    else:
+        raise InputError("params: eval.suites is missing; name the suites there (e.g. [in_domain, xstest]) or pass --suites")
 
-    # Load
-    metrics = []
-    for path in metrics_paths:
-        if not Path(path).exists():
-            raise InputError(f"{path} not found; run `dvc repro score` first")
-        metrics.append(json.loads(Path(path).read_text()))
-    judged = {}
-    for m, path in zip(metrics, judged_paths, strict=True):
-        table = read_parquet(path)
-        if "model" in table.columns and table.height and table["model"][0] != m["model"]:
-            raise InputError(f"{path} holds model {table['model'][0]!r} but its metrics file is for {m['model']!r}; pass both in the same order")
-        judged[m["model"]] = table
+    res = Results(models=list(models), suites=list(suites), metrics={}, judged={})
+    for model in res.models:
+        for suite in res.suites:
+            mpath, jpath = Path(expand(args.metrics, model, suite)), Path(expand(args.judged, model, suite))
+            if not mpath.exists():
+                raise InputError(f"{mpath} not found; run `dvc repro score` (model {model}, suite {suite})")
+            metrics = json.loads(mpath.read_text())
+            table = read_parquet(jpath)
+            for col, want in (("model", model), ("suite", suite)):
+                held = table[col].drop_nulls().unique().to_list() if col in table.columns else []
+                if held and held != [want]:
+                    raise InputError(f"{jpath} holds {col} {held} but is read as {col} {want!r}; fix the path pattern or rerun `dvc repro judge`")
+            res.metrics[(model, suite)], res.judged[(model, suite)] = metrics, table
 
-    # Report
+    if args.validation:
+        check_judge(res, JudgeFigures.load(args.validation).summary(), args.validation)
+    res.compute_deltas(bootstrap=params.score.bootstrap, seed=params.score.seed)
+
     plots = Path(args.plots)
-    plot_frontier(metrics, plots / "frontier.png")
-    plot_by_task(metrics, plots / "by_task.png")
+    plot_frontier(res, plots / "frontier.png")
+    plot_by_partition(res, plots / "by_partition.png")
     link = Path(os.path.relpath(plots, Path(args.out).parent)).as_posix()
-    write_text(render(metrics, judged, plots_link=link), args.out)
-    write_json(frontier_rows(metrics), args.frontier)
-    print(f"report: {len(metrics)} models -> {args.out}, {plots}/frontier.png, {plots}/by_task.png, {args.frontier}")
+    write_text(render(res, plots_link=link), args.out)
+    write_json(frontier_rows(res), args.frontier)
+    if args.summary:
+        write_json(summary(res), args.summary)
+    print(f"report: {len(res.models)} models x {len(res.suites)} suites -> {args.out}, {plots}/frontier.png, "
+          f"{plots}/by_partition.png, {args.frontier}" + (f", {args.summary}" if args.summary else ""))
 
 
 if __name__ == "__main__":
