@@ -543,7 +543,7 @@ def plot_frontier(res: Results, path: str | os.PathLike[str]) -> None:
                 lines.setdefault(family, []).append((lam, m["utility"], m["safety"]))
         for family, pts in lines.items():
             pts.sort()
-            ax.plot([p[1] for p in pts], [p[2] for p in pts], "-", alpha=0.6, label=f"{family} over λ")
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], "-s", markersize=4, alpha=0.6, label=f"{family} over λ")
         if lines:
             ax.legend(fontsize=8)
         ax.set(xlim=(-0.03, 1.08), ylim=(-0.03, 1.08), xlabel="utility (legitimate answered)",
