@@ -1,4 +1,4 @@
-"""Build one evaluation suite: a table of labelled prompts (no answers).
+r"""Build one evaluation suite: a table of labelled prompts (no answers).
 
     python stages/suites.py --suite in_domain --out data/suites/in_domain.parquet \
         --compounds data/compounds.parquet --train data/train.parquet --test data/test.parquet \
@@ -29,6 +29,7 @@ from libra.eval.suites import (
     load_suite_file,
     read_xstest,
     suite_stats,
+    unseen_compounds,
 )
 from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
@@ -44,10 +45,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", required=True, help="suite name: a key of eval.suites (default: in_domain, xstest)")
     parser.add_argument("--out", required=True, help="suite parquet to write (data/suites/<suite>.parquet)")
-    parser.add_argument("--compounds", default="data/compounds.parquet", help="resolved catalog, for in_domain (default: %(default)s)")
-    parser.add_argument("--train", default="data/train.parquet", help="training split: in_domain's seen compounds, and the overlap check (default: %(default)s)")
-    parser.add_argument("--test", default="data/test.parquet", help="test split: in_domain's first unseen compounds (default: %(default)s)")
-    parser.add_argument("--xstest", default="data/xstest/xstest_prompts.csv", help="XSTest prompts, for xstest (default: %(default)s)")
+    parser.add_argument(
+        "--compounds", default="data/compounds.parquet", help="resolved catalog, for in_domain (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--train",
+        default="data/train.parquet",
+        help="training split: in_domain's seen compounds, and the overlap check (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--test",
+        default="data/test.parquet",
+        help="test split: in_domain's first unseen compounds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--xstest", default="data/xstest/xstest_prompts.csv", help="XSTest prompts, for xstest (default: %(default)s)"
+    )
     parser.add_argument("--stats", default=None, help="json with counts and training overlap (default: none written)")
     args = parser.parse_args()
 
@@ -55,16 +68,22 @@ def main() -> None:
     params = load_params()
     specs = suite_specs(params)
     if args.suite not in specs:
-        raise ParamsError(f"params: suite {args.suite!r} is not in eval.suites ({', '.join(sorted(specs))}); add it there")
+        raise ParamsError(
+            f"params: suite {args.suite!r} is not in eval.suites ({', '.join(sorted(specs))}); add it there"
+        )
     spec = specs[args.suite]
     train = read_parquet(args.train)
     ignored: list[str] = []
+    extra: dict[str, object] = {}
 
     # Build
     if spec.builtin == "xstest":
         suite = build_xstest(read_xstest(args.xstest), spec, args.suite)
     elif spec.builtin == "in_domain":
-        suite = build_in_domain(read_parquet(args.compounds), train, read_parquet(args.test), params.seeds, spec, args.suite)
+        compounds, test = read_parquet(args.compounds), read_parquet(args.test)
+        suite = build_in_domain(compounds, train, test, params.seeds, spec, args.suite)
+        unseen = unseen_compounds(compounds, train, test, spec.unseen_compounds, spec.seed)
+        extra["unseen_compounds_by_source"] = dict(sorted(unseen.group_by("source").len().iter_rows()))
     else:
         suite = load_suite_file(str(spec.path), args.suite)
         ignored = ignored_columns(str(spec.path))
@@ -87,14 +106,24 @@ def main() -> None:
 
     # Save
     write_parquet(suite, args.out)
-    stats = suite_stats(suite) | {
-        "train_overlap_8gram": {"prompts": len(hits), "share": round(len(hits) / suite.height, 4), "by_partition": by_partition},
-        "ignored_columns": ignored,
-    }
+    stats = (
+        suite_stats(suite)
+        | {
+            "train_overlap_8gram": {
+                "prompts": len(hits),
+                "share": round(len(hits) / suite.height, 4),
+                "by_partition": by_partition,
+            },
+            "ignored_columns": ignored,
+        }
+        | extra
+    )
     if args.stats:
         write_json(stats, args.stats)
     note = f"; ignored columns: {', '.join(ignored)}" if ignored else ""
-    print(f"suite {args.suite}: {suite.height} prompts {stats['by_partition_label']}; 8-gram overlap with train {len(hits)}{note}")
+    print(
+        f"suite {args.suite}: {suite.height} prompts {stats['by_partition_label']}; 8-gram overlap with train {len(hits)}{note}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Builtins:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import random
@@ -37,7 +38,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from libra.data.eval_templates import EVAL_TASK_PROMPTS, FRAMINGS, IDENTIFIER_NAMES, MULTIPART
 from libra.errors import InputError, LibraError
-from libra.eval.answer import prompt_id
 
 if TYPE_CHECKING:  # libra.config imports SuiteSpec from here for eval.suites
     from libra.config import SeedsParams
@@ -74,7 +74,9 @@ class SuiteSpec(BaseModel):
     @model_validator(mode="after")
     def _one_source(self) -> "SuiteSpec":
         if (self.builtin is None) == (self.path is None):
-            raise ValueError("give exactly one of builtin (in_domain | xstest) or path (a .jsonl, .csv or .parquet file)")
+            raise ValueError(
+                "give exactly one of builtin (in_domain | xstest) or path (a .jsonl, .csv or .parquet file)"
+            )
         if self.path is not None and Path(self.path).suffix.lower() not in (".jsonl", ".csv", ".parquet"):
             raise ValueError(f"path {self.path!r} must end in .jsonl, .csv or .parquet")
         applies = {"xstest": _XSTEST_KEYS, "in_domain": _IN_DOMAIN_KEYS}.get(self.builtin or "", set())
@@ -83,6 +85,12 @@ class SuiteSpec(BaseModel):
             owner = "xstest" if stray[0] in _XSTEST_KEYS else "in_domain"
             raise ValueError(f"{stray[0]} applies only to builtin {owner}; remove it from this suite")
         return self
+
+
+def prompt_id(prompt: str) -> str:
+    """sha256(prompt)[:16], the same id as libra.eval.answer.prompt_id (a test checks they agree);
+    defined here so the suites stage does not import the answer stage's model code."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
 _SUITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -94,7 +102,9 @@ def check_suites(suites: dict[str, SuiteSpec]) -> dict[str, SuiteSpec]:
         raise ValueError("lists no suite; name at least one (in_domain, xstest, or a file of your own)")
     for name in suites:
         if not _SUITE_NAME.match(name):
-            raise ValueError(f"suite name {name!r} must be lowercase letters, digits, _ or - (it names data/suites/<name>.parquet)")
+            raise ValueError(
+                f"suite name {name!r} must be lowercase letters, digits, _ or - (it names data/suites/<name>.parquet)"
+            )
     return suites
 
 
@@ -115,11 +125,15 @@ def finalize(rows: Iterable[dict[str, Any]], suite: str) -> pl.DataFrame:
         rec = {c: row.get(c) for c in SUITE_COLUMNS}
         rec["suite"], rec["prompt_id"] = suite, prompt_id(rec["prompt"])
         if rec["prompt_id"] in first:
-            raise LibraError(f"suite {suite}: prompt {rec['prompt'][:60]!r} was built twice; this is a bug in its builder")
+            raise LibraError(
+                f"suite {suite}: prompt {rec['prompt'][:60]!r} was built twice; this is a bug in its builder"
+            )
         first[rec["prompt_id"]] = rec
         records.append(rec)
     schema = dict.fromkeys(SUITE_COLUMNS, pl.String)
-    return pl.DataFrame(records, schema=schema, orient="row").sort("prompt_id") if records else pl.DataFrame(schema=schema)
+    return (
+        pl.DataFrame(records, schema=schema, orient="row").sort("prompt_id") if records else pl.DataFrame(schema=schema)
+    )
 
 
 def suite_stats(suite: pl.DataFrame) -> dict[str, Any]:
@@ -130,14 +144,20 @@ def suite_stats(suite: pl.DataFrame) -> dict[str, Any]:
     }
     compounds = suite.filter(pl.col("compound_id").is_not_null())
     per_partition = {
-        p: int(n) for p, n in compounds.group_by("partition").agg(pl.col("compound_id").n_unique()).sort("partition").iter_rows()
+        p: int(n)
+        for p, n in compounds.group_by("partition").agg(pl.col("compound_id").n_unique()).sort("partition").iter_rows()
     }
     return {
         "prompts": suite.height,
         "by_label": {lab: int(n) for lab, n in suite.group_by("label").len().sort("label").iter_rows()},
         "by_partition_label": by,
         "by_framing": {
-            str(f): int(n) for f, n in suite.filter(pl.col("framing").is_not_null()).group_by("framing").len().sort("framing").iter_rows()
+            str(f): int(n)
+            for f, n in suite.filter(pl.col("framing").is_not_null())
+            .group_by("framing")
+            .len()
+            .sort("framing")
+            .iter_rows()
         },
         "compounds_by_partition": per_partition,
     }
@@ -172,7 +192,9 @@ def _read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 'each line must be one object such as {"prompt": "...", "label": "legitimate"}'
             ) from None
         if not isinstance(obj, dict):
-            raise InputError(f'{path} line {n}: a {type(obj).__name__}, not an object; write {{"prompt": ..., "label": ...}}')
+            raise InputError(
+                f'{path} line {n}: a {type(obj).__name__}, not an object; write {{"prompt": ..., "label": ...}}'
+            )
         out.append((f"line {n}", obj))
     return out
 
@@ -192,7 +214,7 @@ def _read_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
             hint = (
                 "a quoted field opened here is never closed; close the quote"
                 if "end of data" in str(exc)
-                else "a quote inside a field must be doubled (\"\")"
+                else 'a quote inside a field must be doubled ("")'
             )
             raise InputError(f"{path} row {start}: CSV syntax error ({exc}); {hint}") from None
         if header is None:
@@ -218,7 +240,9 @@ def _read_parquet(path: Path) -> list[tuple[str, dict[str, Any]]]:
     try:
         df = pl.read_parquet(path)
     except Exception as exc:  # polars raises several kinds for a file that is not parquet
-        raise InputError(f"{path}: cannot be read as parquet ({str(exc).splitlines()[0]}); write it with a parquet library") from None
+        raise InputError(
+            f"{path}: cannot be read as parquet ({str(exc).splitlines()[0]}); write it with a parquet library"
+        ) from None
     if df.height == 0:
         return [("row 1", dict.fromkeys(df.columns, None) | {"__header_only__": True})]
     return [(f"row {i}", rec) for i, rec in enumerate(df.to_dicts(), start=1)]
@@ -303,7 +327,9 @@ def read_xstest(path: str | Path) -> pl.DataFrame:
     df = pl.read_csv(p, infer_schema=False)
     missing = [c for c in ("prompt", "type", "label", "focus", "note") if c not in df.columns]
     if missing:
-        raise InputError(f"{p}: missing column {missing[0]!r}; use XSTest's xstest_prompts.csv (id,prompt,type,label,focus,note)")
+        raise InputError(
+            f"{p}: missing column {missing[0]!r}; use XSTest's xstest_prompts.csv (id,prompt,type,label,focus,note)"
+        )
     bad = df.filter(~pl.col("label").is_in(["safe", "unsafe"]))
     if bad.height:
         raise InputError(f"{p}: label {bad['label'][0]!r} is not safe or unsafe; use XSTest's xstest_prompts.csv")
@@ -372,7 +398,9 @@ def _balanced(pool: list[dict[str, Any]], n: int, keys: tuple[str, ...], rng: ra
     return taken
 
 
-def unseen_compounds(compounds: pl.DataFrame, train: pl.DataFrame, test: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
+def unseen_compounds(
+    compounds: pl.DataFrame, train: pl.DataFrame, test: pl.DataFrame, n: int, seed: int
+) -> pl.DataFrame:
     """Compounds in no training pair: the test split's, then catalog ones drawn (seeded, classes
     alternating) until there are n. Returned with a `source` column: test_split | catalog."""
     trained = set(train["compound_id"].to_list())
@@ -419,7 +447,9 @@ def _question(task: str, variant: int, compound: str) -> str:
     return EVAL_TASK_PROMPTS[task][variant].format(compound=compound)
 
 
-def _task_pool(compounds: pl.DataFrame, seeds: SeedsParams, exclude: set[tuple[str, str]] = frozenset()) -> list[dict[str, Any]]:
+def _task_pool(
+    compounds: pl.DataFrame, seeds: SeedsParams, exclude: set[tuple[str, str]] = frozenset()
+) -> list[dict[str, Any]]:
     pool = []
     for c in compounds.sort("compound_id").iter_rows(named=True):
         for task in seeds.tasks:
@@ -442,7 +472,9 @@ def _plain(rows: list[dict[str, Any]], partition: str) -> list[dict[str, Any]]:
     ]
 
 
-def _robustness(pool: list[dict[str, Any]], per_label: int, identifiers: dict[str, dict[str, str]], rng: random.Random) -> list[dict[str, Any]]:
+def _robustness(
+    pool: list[dict[str, Any]], per_label: int, identifiers: dict[str, dict[str, str]], rng: random.Random
+) -> list[dict[str, Any]]:
     """per_label prompts per label, spread over ROBUSTNESS_FRAMINGS, both labels in every framing."""
     out: list[dict[str, Any]] = []
     quota = {f: per_label // len(ROBUSTNESS_FRAMINGS) for f in ROBUSTNESS_FRAMINGS}
@@ -503,7 +535,9 @@ def build_in_domain(
     unseen_pool = _task_pool(unseen, seeds)
     rows: list[dict[str, Any]] = []
     for label in LABELS:
-        picked = _balanced([r for r in unseen_pool if r["label"] == label], spec.unseen_per_label, ("task", "compound_id"), rng)
+        picked = _balanced(
+            [r for r in unseen_pool if r["label"] == label], spec.unseen_per_label, ("task", "compound_id"), rng
+        )
         rows += _plain(picked, "unseen_compound")
     used = {(r["compound_id"], r["task"], r["variant"]) for r in rows}
 
@@ -511,7 +545,9 @@ def build_in_domain(
     seen = compounds.filter(pl.col("compound_id").is_in(sorted({c for c, _ in trained_pairs})))
     seen_pool = _task_pool(seen, seeds, exclude=trained_pairs)
     for label in LABELS:
-        picked = _balanced([r for r in seen_pool if r["label"] == label], spec.seen_per_label, ("task", "compound_id"), rng)
+        picked = _balanced(
+            [r for r in seen_pool if r["label"] == label], spec.seen_per_label, ("task", "compound_id"), rng
+        )
         rows += _plain(picked, "seen_compound")
 
     if iupac is None:
