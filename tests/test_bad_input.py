@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
@@ -166,6 +167,22 @@ def test_cache_merge_of_a_non_cache_is_one_line(project: Path, kind: str) -> Non
             db.execute("create table other (x)")
     line = one_error_line(libra("cache", "merge", source, cwd=project))
     assert str(source) in line and "libra cache export" in line, line
+
+
+def test_judge_stage_writes_usage_where_its_command_line_says(tmp_path: Path) -> None:
+    raw = tiny_raw()
+    raw["judge"] = {"judges": ["rules"], "fusion": "vote"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    pl.DataFrame({"prompt_id": ["p1"], "prompt": [ROW["prompt"]], "label": ["legitimate"], "response": [ROW["response"]]}).write_parquet(
+        tmp_path / "answers.parquet"
+    )
+    usage = tmp_path / "out" / "usage" / "judge-base.json"
+    proc = run([sys.executable, ROOT / "stages/judge.py", "--answers", "answers.parquet", "--out", "judged.parquet",
+                "--stats", "judge.json", "--usage", usage], cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(usage.read_text())
+    assert record["stage"] == "judge-base" and record["calls"] == 0
+    assert not (tmp_path / "metrics").exists()  # no path built in code
 
 
 # -- libra judge input ---------------------------------------------------------------------
