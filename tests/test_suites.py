@@ -311,3 +311,45 @@ def test_stage_builds_xstest_and_writes_stats(tmp_path: Path) -> None:
     assert got["prompts"] == suite.height and got["train_overlap_8gram"]["prompts"] == 0
     bad = subprocess.run([*cmd[:3], "nosuch", *cmd[4:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "'nosuch' is not in eval.suites" in bad.stderr
+
+
+def _params_with_suites(tmp_path: Path, suites: dict) -> Path:
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "tests" / "profiles" / "tiny.yaml").read_text())
+    raw.setdefault("eval", {})["suites"] = suites
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.skipif(
+    "suites" not in __import__("libra.config", fromlist=["EvalParams"]).EvalParams.model_fields,
+    reason="eval.suites is not in libra/config.py yet",
+)
+def test_stage_builds_a_user_suite_named_in_params(tmp_path: Path) -> None:
+    good = write_jsonl(tmp_path / "mine.jsonl", ROWS)
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"prompt,label\nfine,legitimate\nbroken,perhaps\n")
+    params = _params_with_suites(tmp_path, {"mine": {"path": str(good)}, "broken": {"path": str(bad)}})
+    train = tmp_path / "train.parquet"
+    pl.DataFrame({"prompt": ["How can I get hold of sarin?"], "compound": ["sarin"]}).write_parquet(train)
+    env = subprocess_env(LIBRA_PARAMS=str(params))
+
+    def run(suite: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "stages/suites.py", "--suite", suite, "--out", str(tmp_path / f"{suite}.parquet"),
+               "--train", str(train), "--stats", str(tmp_path / f"{suite}.json")]  # fmt: skip
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    ok = run("mine")
+    assert ok.returncode == 0, ok.stderr
+    assert pl.read_parquet(tmp_path / "mine.parquet").height == 2
+    assert json.loads((tmp_path / "mine.json").read_text())["ignored_columns"] == ["id"]
+    failed = run("broken")
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1
+    assert f"{bad} row 3, column label" in failed.stderr
+
+
+def test_suite_spec_round_trips_through_its_dump() -> None:
+    for spec in (*DEFAULT_SUITES.values(), SuiteSpec(path="data/suites_src/my.csv"), TINY_SPEC):
+        assert SuiteSpec.model_validate(spec.model_dump()) == spec
