@@ -41,7 +41,7 @@ def load_augment_params() -> AugmentParams:
         return AugmentParams.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ParamsError(_format_error({**err, "loc": ("augment", *err["loc"])}, raw)) from None
+        raise ParamsError(f"params: {path}: " + _format_error({**err, "loc": ("augment", *err["loc"])})) from None
 
 
 @entrypoint
