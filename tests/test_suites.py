@@ -150,6 +150,12 @@ def test_in_domain_default_profile_sizes(tmp_path: Path, compounds: pl.DataFrame
     assert set(test["compound_id"].to_list()) <= set(suite["compound_id"].to_list())
     again = build_in_domain(compounds, train, test, params.seeds, SuiteSpec(builtin="in_domain"), iupac=iupac)
     assert again.equals(suite)
+    # the augment stage's table adds general-domain rows with no compound: same suite
+    general = pl.DataFrame({"compound_id": [None], "task": ["general"], "prompt": ["How do I kill a stuck process?"]})
+    with_general = pl.concat([train, general], how="diagonal_relaxed")
+    assert build_in_domain(
+        compounds, with_general, test, params.seeds, SuiteSpec(builtin="in_domain"), iupac=iupac
+    ).equals(suite)
 
 
 def test_in_domain_tiny_profile_is_small(tmp_path: Path, compounds: pl.DataFrame, iupac: dict[str, str]) -> None:

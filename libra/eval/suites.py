@@ -406,8 +406,8 @@ def unseen_compounds(
 ) -> pl.DataFrame:
     """Compounds in no training pair: the test split's, then catalog ones drawn (seeded, classes
     alternating) until there are n. Returned with a `source` column: test_split | catalog."""
-    trained = set(train["compound_id"].to_list())
-    from_test = sorted(set(test["compound_id"].to_list()) - trained)
+    trained = set(train["compound_id"].drop_nulls().to_list())  # general-domain rows have no compound
+    from_test = sorted(set(test["compound_id"].drop_nulls().to_list()) - trained)
     rest = compounds.filter(~pl.col("compound_id").is_in(sorted(trained | set(from_test)))).sort("compound_id")
     by_class: dict[str, list[str]] = {}
     for cid, cls in rest.select("compound_id", "class").iter_rows():
@@ -544,7 +544,7 @@ def build_in_domain(
         rows += _plain(picked, "unseen_compound")
     used = {(r["compound_id"], r["task"], r["variant"]) for r in rows}
 
-    trained_pairs = set(train.select("compound_id", "task").iter_rows())
+    trained_pairs = set(train.filter(pl.col("compound_id").is_not_null()).select("compound_id", "task").iter_rows())
     seen = compounds.filter(pl.col("compound_id").is_in(sorted({c for c, _ in trained_pairs})))
     seen_pool = _task_pool(seen, seeds, exclude=trained_pairs)
     for label in LABELS:
