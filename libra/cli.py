@@ -17,6 +17,7 @@ from pathlib import Path
 
 from libra.config import load_params, params_hash
 from libra.errors import InputError, LibraError
+from libra.stage import report
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
@@ -114,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except LibraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report(exc)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,12 @@ from libra.errors import LibraError
 F = TypeVar("F", bound=Callable[..., object])
 
 
+def report(exc: LibraError) -> int:
+    """Print `error: <message>` (one line) on stderr; return the exit code. Shared by stages and the CLI."""
+    print(f"error: {exc}", file=sys.stderr)
+    return exc.exit_code
+
+
 def entrypoint(fn: F) -> F:
     """Run `fn`; a LibraError prints `error: <message>` and exits with its code."""
 
@@ -24,8 +30,7 @@ def entrypoint(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LibraError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(exc.exit_code)
+            sys.exit(report(exc))
         except KeyboardInterrupt:
             print("error: interrupted; rerun the same command to resume", file=sys.stderr)
             sys.exit(130)
