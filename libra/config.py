@@ -54,6 +54,7 @@ class Section(BaseModel):
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def check_base_url(value: str) -> str:
@@ -248,6 +249,8 @@ class DPOParams(Section):
             )
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError("loss_weights must have one weight per loss_type entry")
+        if self.loss_weights is not None and not any(w > 0 for w in self.loss_weights):
+            raise ValueError("loss_weights are all 0, so nothing would be trained; give at least one weight > 0")
         return self
 
 
@@ -267,6 +270,71 @@ class EndpointModel(Section):
     api_key_env: ApiKeyEnv = Field("OPENAI_API_KEY", description="the environment variable holding its key")
 
 
+_XSTEST_KEYS = {"subset"}
+_IN_DOMAIN_KEYS = {"unseen_compounds", "unseen_per_label", "seen_per_label", "robustness_per_label"}
+
+
+class SuiteSpec(BaseModel):
+    """One entry of `eval.suites`: a builtin suite or a user file (JSONL, CSV or parquet)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    builtin: Literal["in_domain", "xstest"] | None = None
+    path: str | None = None
+    seed: int = Field(0, ge=0)
+    # xstest: prompts in the stratified subset; 0 = all 450.
+    subset: int = Field(150, ge=0)
+    # in_domain: compounds in no training pair (the test split's, topped up from the catalog),
+    # and prompts per label in each partition.
+    unseen_compounds: int = Field(24, ge=1)
+    unseen_per_label: int = Field(60, ge=0)
+    seen_per_label: int = Field(25, ge=0)
+    robustness_per_label: int = Field(48, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SuiteSpec":
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError(
+                "give exactly one of builtin (in_domain | xstest) or path (a .jsonl, .csv or .parquet file)"
+            )
+        if self.path is not None and Path(self.path).suffix.lower() not in (".jsonl", ".csv", ".parquet"):
+            raise ValueError(f"path {self.path!r} must end in .jsonl, .csv or .parquet")
+        applies = {"xstest": _XSTEST_KEYS, "in_domain": _IN_DOMAIN_KEYS}.get(self.builtin or "", set())
+        # A key of the other builtin is an error only when it would matter (not its default), so
+        # a dumped spec (every field) validates again.
+        fields = type(self).model_fields
+        stray = sorted(k for k in (_XSTEST_KEYS | _IN_DOMAIN_KEYS) - applies if getattr(self, k) != fields[k].default)
+        if stray:
+            owner = "xstest" if stray[0] in _XSTEST_KEYS else "in_domain"
+            raise ValueError(f"{stray[0]} applies only to builtin {owner}; remove it from this suite")
+        return self
+
+
+_SUITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def check_suites(suites: dict[str, SuiteSpec]) -> dict[str, SuiteSpec]:
+    """For a pydantic field validator on `eval.suites`: names become file names and DVC keys."""
+    if not suites:
+        raise ValueError("lists no suite; name at least one (in_domain, xstest, or a file of your own)")
+    for name in suites:
+        if not _SUITE_NAME.match(name):
+            raise ValueError(
+                f"suite name {name!r} must be lowercase letters, digits, _ or - (it names data/suites/<name>.parquet)"
+            )
+    return suites
+
+
+DEFAULT_SUITES: dict[str, SuiteSpec] = {
+    "in_domain": SuiteSpec(builtin="in_domain"),
+    "xstest": SuiteSpec(builtin="xstest"),
+}
+
+
+# `dpo~0.5`: the dpo adapter with its LoRA delta scaled by 0.5 at answer time (a frontier point).
+ADAPTER_SCALE = re.compile(r"dpo~(0(\.\d+)?|1(\.0+)?)")
+
+
 class EvalParams(Section):
     models: list[str] = Field(
         default_factory=lambda: ["base", "dpo"], min_length=1,
@@ -278,12 +346,30 @@ class EvalParams(Section):
     max_new_tokens: int = Field(64, ge=1, description="answer length cap")
     batch_size: int = Field(16, ge=1, description="prompts per generation batch")
     greedy: bool = Field(True, description="greedy decoding (false: sample)")
+    suites: dict[str, SuiteSpec] = Field(
+        default_factory=lambda: dict(DEFAULT_SUITES),
+        description="evaluation suites, name -> {builtin: in_domain | xstest, ...} or {path: a .jsonl, .csv or .parquet file}",
+    )
+
+    @field_validator("suites")
+    @classmethod
+    def _suites(cls, value: dict[str, SuiteSpec]) -> dict[str, SuiteSpec]:
+        return check_suites(value)
 
     @model_validator(mode="after")
     def _known_models(self) -> EvalParams:
+        for name in self.endpoints:
+            if name in ("base", "dpo") or not _ENDPOINT_NAME.fullmatch(name):
+                raise ValueError(
+                    f"endpoint name {name!r} names output files (data/answers/<name>.parquet); use letters, digits, "
+                    "'-' and '_' only, and not base or dpo"
+                )
         for name in self.models:
-            if name not in ("base", "dpo") and name not in self.endpoints:
-                raise ValueError(f"model {name!r} is neither base, dpo nor a key of eval.endpoints")
+            if name not in ("base", "dpo") and name not in self.endpoints and not ADAPTER_SCALE.fullmatch(name):
+                raise ValueError(
+                    f"model {name!r} is neither base, dpo, dpo~<lambda> (the adapter scaled by lambda in [0, 1], "
+                    "e.g. dpo~0.5) nor a key of eval.endpoints"
+                )
         return self
 
 
@@ -344,7 +430,8 @@ def _format_error(err: dict[str, Any], lines: dict[tuple[str, ...], int] | None 
     """One problem as `line N: dotted.key ...: what is wrong; how to fix it`."""
     loc = _error_key(tuple(err["loc"]))
     key = ".".join(loc) if loc else "(top level)"
-    line = _line_of(loc, lines or {})
+    named = str(err["msg"]).removeprefix("Value error, ").split(" ", 1)[0]  # "loss_weights are all 0": a section
+    line = _line_of((*loc, *named.split(".")), lines or {})  # check names its field; point at that line
     at = f"line {line}: " if line is not None else ""
     kind = err["type"]
     if kind == "extra_forbidden":

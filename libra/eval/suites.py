@@ -37,9 +37,10 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from libra.data.eval_templates import EVAL_TASK_PROMPTS, FRAMINGS, IDENTIFIER_NAMES, MULTIPART
+from libra.config import DEFAULT_SUITES, SuiteSpec, check_suites  # noqa: F401  (re-exported)
 from libra.errors import InputError, LibraError
 
-if TYPE_CHECKING:  # libra.config imports SuiteSpec from here for eval.suites
+if TYPE_CHECKING:
     from libra.config import SeedsParams
 
 LABELS = ("legitimate", "illegitimate")
@@ -50,71 +51,14 @@ USER_DEFAULT_PARTITION = "all"
 XSTEST_SIZE = 450
 ROBUSTNESS_FRAMINGS = ("hypothetical", "fiction", "role", "override", "smiles", "iupac", "cas", "multipart")
 
-_XSTEST_KEYS = {"subset"}
-_IN_DOMAIN_KEYS = {"unseen_compounds", "unseen_per_label", "seen_per_label", "robustness_per_label"}
-
-
-class SuiteSpec(BaseModel):
-    """One entry of `eval.suites`: a builtin suite or a user file (JSONL, CSV or parquet)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    builtin: Literal["in_domain", "xstest"] | None = None
-    path: str | None = None
-    seed: int = Field(0, ge=0)
-    # xstest: prompts in the stratified subset; 0 = all 450.
-    subset: int = Field(150, ge=0)
-    # in_domain: compounds in no training pair (the test split's, topped up from the catalog),
-    # and prompts per label in each partition.
-    unseen_compounds: int = Field(24, ge=1)
-    unseen_per_label: int = Field(60, ge=0)
-    seen_per_label: int = Field(25, ge=0)
-    robustness_per_label: int = Field(48, ge=0)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "SuiteSpec":
-        if (self.builtin is None) == (self.path is None):
-            raise ValueError(
-                "give exactly one of builtin (in_domain | xstest) or path (a .jsonl, .csv or .parquet file)"
-            )
-        if self.path is not None and Path(self.path).suffix.lower() not in (".jsonl", ".csv", ".parquet"):
-            raise ValueError(f"path {self.path!r} must end in .jsonl, .csv or .parquet")
-        applies = {"xstest": _XSTEST_KEYS, "in_domain": _IN_DOMAIN_KEYS}.get(self.builtin or "", set())
-        # A key of the other builtin is an error only when it would matter (not its default), so
-        # a dumped spec (every field) validates again.
-        fields = type(self).model_fields
-        stray = sorted(k for k in (_XSTEST_KEYS | _IN_DOMAIN_KEYS) - applies if getattr(self, k) != fields[k].default)
-        if stray:
-            owner = "xstest" if stray[0] in _XSTEST_KEYS else "in_domain"
-            raise ValueError(f"{stray[0]} applies only to builtin {owner}; remove it from this suite")
-        return self
-
-
 def prompt_id(prompt: str) -> str:
     """sha256(prompt)[:16], the same id as libra.eval.answer.prompt_id (a test checks they agree);
     defined here so the suites stage does not import the answer stage's model code."""
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
-_SUITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
-def check_suites(suites: dict[str, SuiteSpec]) -> dict[str, SuiteSpec]:
-    """For a pydantic field validator on `eval.suites`: names become file names and DVC keys."""
-    if not suites:
-        raise ValueError("lists no suite; name at least one (in_domain, xstest, or a file of your own)")
-    for name in suites:
-        if not _SUITE_NAME.match(name):
-            raise ValueError(
-                f"suite name {name!r} must be lowercase letters, digits, _ or - (it names data/suites/<name>.parquet)"
-            )
-    return suites
-
-
-DEFAULT_SUITES: dict[str, SuiteSpec] = {
-    "in_domain": SuiteSpec(builtin="in_domain"),
-    "xstest": SuiteSpec(builtin="xstest"),
-}
 
 
 # ---------------------------------------------------------------- table shape and validation
