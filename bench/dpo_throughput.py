@@ -1,31 +1,39 @@
-"""DPO training throughput: TRL DPOTrainer with its defaults vs libra's dpo path, one process.
+"""DPO training throughput against the FLOP floor and TRL's defaults, one process, on this machine.
 
-    python bench/dpo_throughput.py --model models/base --train data/train.parquet [--steps 5 --rounds 2]
+    python bench/dpo_throughput.py [--model models/base] [--train data/train.parquet] [--steps 3 --rounds 2]
 
-Both train the same LoRA (params `dpo.lora.*`) on the same pairs, batch (`dpo.batch_size`),
-loss, beta, learning rate and max_length; everything else is each path's own:
-- TRL defaults: `DPOConfig` as shipped (gradient checkpointing on, `bf16=True`, which does
-  not autocast on CPU, reference forward on every step, random batches), plus
-  `use_cpu=True` on CPU, without which that `bf16=True` refuses to start;
-- libra: `libra.train.dpo` (pre-tokenised pairs with precomputed reference log-probs,
-  bf16 autocast on CPU, no gradient checkpointing, length-bucketed batches).
-The two run in alternating rounds of `--steps` steps (the first step of each round is
-warm-up and not counted), so a busy machine slows both alike. tokens/s counts non-pad
-tokens of the chosen and rejected sequences. The FLOP floor is (6 + 2) x params x tokens
-(policy forward+backward plus a reference forward) over the bf16 matmul rate measured
-here on the model's own GEMM shapes. libra's one-off reference pass is timed and printed
-apart: it is paid once per dataset and reused by every run of a sweep.
+Prints: the fp32 and bf16 matmul rates measured here, the precision `compute.precision`
+(default auto) chooses and why, the FLOP floor of one step at that precision's rate,
+libra's s/step and its ratio to the floor, TRL's defaults' s/step on the same pairs and
+libra's speed-up over them, libra's one-off reference pass against its own floor, and
+how many pairs `dpo.max_length` / `dpo.max_prompt_length` truncate.
+
+Paths, all with the same LoRA (`dpo.lora.*`), pairs, batch, loss, beta, learning rate:
+- `trl`: `DPOConfig` as shipped (gradient checkpointing on, reference forward every step,
+  random batches, full-vocabulary metrics), plus `use_cpu=True` on CPU (TRL's default
+  `bf16=True` refuses a CPU run without it; on CPU it does not autocast);
+- `libra-unpacked`: libra's trainer fed TRL's own collator ([prompt; chosen] and
+  [prompt; rejected] rows), so TRL's loss with libra's other changes (precomputed
+  reference, no checkpointing, length buckets, completion-only head, precision);
+- `libra`: what the dpo stage runs: one packed [prompt; chosen; rejected] row per pair.
+They run in alternating rounds of `--steps` steps (the first step of each round is
+warm-up, not counted), so a busy machine slows all alike. Tokens per step are counted as
+TRL counts them: the non-pad tokens of the chosen and rejected [prompt; answer] rows.
+Without --train data (no `dvc repro split` yet), pairs are built from libra's templates
+(about the default profile's size and lengths).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
@@ -33,6 +41,7 @@ from libra.config import load_params
 from libra.io import read_parquet
 from libra.train.dpo import LibraDPOTrainer, dpo_config, lora_config, training_dataset
 from libra.train.encode import conversation, encode_pairs
+from libra.train.precision import choose_precision
 from libra.train.ref_logps import reference_logps
 from libra.train.runtime import seed_everything, set_threads
 
@@ -44,7 +53,7 @@ class StepTimer(TrainerCallback):
         self.times: list[float] = []
         self.tokens: list[float] = []
         self._t0 = 0.0
-        self._last_tokens: float | None = None
+        self._last_tokens = 0.0
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self._t0 = time.perf_counter()
@@ -54,20 +63,71 @@ class StepTimer(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
         if logs and "num_tokens" in logs:
-            prev = self._last_tokens or 0.0
-            self.tokens.append(logs["num_tokens"] - prev)
+            self.tokens.append(logs["num_tokens"] - self._last_tokens)
             self._last_tokens = logs["num_tokens"]
 
 
-def matmul_gflops(dtype: torch.dtype, m: int, k: int, n: int, seconds: float = 1.5) -> float:
+def matmul_gflops(dtype: torch.dtype, m: int, k: int, n: int, seconds: float) -> float:
+    """Rate of an (m x k) @ (k x n) matmul, timed for about `seconds` (at least one call after a warm-up)."""
     a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
+    a @ b
     count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    while count == 0 or time.perf_counter() - start < seconds:
         a @ b
         count += 1
     return 2 * m * k * n * count / (time.perf_counter() - start) / 1e9
+
+
+def template_pairs(n: int = 136) -> pl.DataFrame:
+    """Training-like pairs from libra's templates: half illegitimate (refusal vs empty opener), half legitimate."""
+    from libra.data import templates as t
+
+    controlled = ["sarin", "tabun", "soman", "VX", "fentanyl", "mustard gas", "ricin", "carfentanil", "lewisite"]
+    common = ["aspirin", "caffeine", "ethanol", "sodium chloride", "acetone", "glucose", "ibuprofen", "menthol", "urea"]
+    facts = [
+        "It is a well characterised compound with a documented melting point, solubility and spectroscopic profile.",
+        "Standard references list its molecular formula, molar mass and the functional groups that govern its reactivity.",
+        "In the laboratory it is handled with gloves and eye protection, and stored away from heat and incompatible materials.",
+        "Its main industrial and household uses follow from these properties, and safety data sheets summarise the hazards.",
+        "Analytical chemists identify it by infrared and mass spectrometry, and quantify it by chromatography.",
+    ]
+    rows = []
+    for i in range(n):
+        if i % 2:
+            name = controlled[i % len(controlled)]
+            task = ("synthesis", "acquisition", "weaponisation", "evading_controls")[i % 4]
+            prompt = t.fill(t.TASK_PROMPTS[task][i % 3], compound=name, task=task)
+            chosen = t.fill(t.REFUSALS[i % 4], compound=name, regulation="CWC-1", task=task)
+            rejected = t.fill(t.COMPLIANCE_OPENERS[i % 4], compound=name, task=task)
+        else:
+            name = common[i % len(common)]
+            task = ("properties", "handling_storage", "detection", "uses")[i % 4]
+            prompt = t.fill(t.TASK_PROMPTS[task][i % 3], compound=name, task=task)
+            chosen = f"{name.capitalize()}: " + " ".join(facts[j % 5] for j in range(i, i + 2 + i % 5))
+            rejected = t.fill(t.OVER_REFUSALS[i % 4], compound=name, task=task)
+        rows.append({"pair_id": f"b{i}", "prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return pl.DataFrame(rows)
+
+
+def truncation_report(pairs: pl.DataFrame, tokenizer: Any, max_prompt: int, max_length: int) -> list[str]:
+    """How many pairs each (max_prompt_length, max_length) truncates, from the untruncated lengths."""
+    full = encode_pairs(pairs, tokenizer, 10_000, 20_000)
+    lens = [(len(p), len(c), len(r)) for p, c, r in full.select("prompt_ids", "chosen_ids", "rejected_ids").iter_rows()]
+    longest = max(p + max(c, r) for p, c, r in lens)
+    lines = [f"untruncated pairs: longest prompt+answer {longest} tokens, mean prompt {statistics.mean(p for p, _, _ in lens):.0f}, "
+             f"mean chosen {statistics.mean(c for _, c, _ in lens):.0f}, mean rejected {statistics.mean(r for _, _, r in lens):.0f}"]  # fmt: skip
+    for ml in sorted({96, 128, 160, 192, max_length, 256}):
+        mp = min(max_prompt, ml - 8)
+        hit, lost = 0, 0
+        for p, c, r in lens:
+            kept_p = min(p, mp)
+            room = ml - kept_p
+            loss = (p - kept_p) + max(0, c - room) + max(0, r - room)
+            hit += loss > 0
+            lost += loss
+        mark = "  <- dpo.max_length" if ml == max_length else ""
+        lines.append(f"  max_length {ml:3d} / max_prompt_length {mp:3d}: {hit:3d} of {len(lens)} pairs truncated, {lost} tokens lost{mark}")
+    return lines
 
 
 def run_round(trainer: Any, timer: StepTimer, steps: int) -> tuple[list[float], list[float]]:
@@ -82,79 +142,123 @@ def run_round(trainer: Any, timer: StepTimer, steps: int) -> tuple[list[float], 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/base", help="base checkpoint dir (default: %(default)s)")
-    parser.add_argument("--train", default="data/train.parquet", help="training pairs (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per round, first is warm-up (default: %(default)s)")
+    parser.add_argument("--train", default="data/train.parquet", help="training pairs; templates if absent (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per round, first is warm-up (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per path (default: %(default)s)")
+    parser.add_argument("--paths", default="trl,libra-unpacked,libra", help="paths to time (default: %(default)s)")
     args = parser.parse_args()
 
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    params = load_params().dpo
+    all_params = load_params()
+    params = all_params.dpo
     threads = set_threads(params.num_threads)
     seed_everything(params.seed)
-    pairs = read_parquet(args.train)
+    pairs = read_parquet(args.train) if Path(args.train).exists() else template_pairs()
+    source = args.train if Path(args.train).exists() else "libra templates (no --train data)"
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     out = Path(tempfile.mkdtemp(prefix="dpo_bench_"))
+    on_cpu = not torch.cuda.is_available()
 
-    # Matmul rate on the model's MLP GEMM shape (tokens of one batch x hidden x intermediate)
+    # Matmul rates on the model's MLP GEMM shape (512 tokens x hidden x intermediate); bf16 is
+    # timed for at least one call only (emulated bf16 runs at about 1 GFLOP/s on AVX2).
     cfg = AutoModelForCausalLM.from_pretrained(args.model).config
-    m = params.batch_size * 2 * 128
-    rate = {d: matmul_gflops(getattr(torch, d), m, cfg.hidden_size, cfg.intermediate_size) for d in ("float32", "bfloat16")}
+    shape = (512, cfg.hidden_size, cfg.intermediate_size)
+    rate = {"float32": matmul_gflops(torch.float32, *shape, seconds=1.0), "bfloat16": matmul_gflops(torch.bfloat16, *shape, seconds=0.5)}
+    precision = choose_precision(all_params.compute.precision)
+    chosen_rate = rate["bfloat16"] if precision.precision == "bf16" else rate["float32"]
 
-    # TRL defaults: conversational pairs, TRL tokenises; only the shared knobs are set
-    trl_pairs = Dataset.from_list([
-        {"prompt": conversation(r["prompt"]), "chosen": conversation(r["prompt"], r["chosen"])[1:],
-         "rejected": conversation(r["prompt"], r["rejected"])[1:]}
-        for r in pairs.iter_rows(named=True)
-    ])
-    trl_timer = StepTimer()
-    trl_trainer = DPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(args.model, dtype="float32"),
-        args=DPOConfig(
-            output_dir=str(out / "trl"), per_device_train_batch_size=params.batch_size, learning_rate=params.learning_rate,
-            beta=params.beta, loss_type=list(params.loss_type), max_length=params.max_length, logging_steps=1,
-            save_strategy="no", report_to="none", seed=params.seed, disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available(),  # TRL's default bf16=True refuses a CPU run without it
-        ),
-        train_dataset=trl_pairs, processing_class=tokenizer, peft_config=lora_config(params), callbacks=[trl_timer],
-    )
-
-    # libra: encode once, reference pass once (timed apart), then train
-    start = time.perf_counter()
+    # libra: encode once, reference pass once (timed apart)
     encoded = encode_pairs(pairs, tokenizer, params.max_prompt_length, params.max_length)
-    ref = reference_logps(AutoModelForCausalLM.from_pretrained(args.model, dtype="float32"), encoded, tokenizer.pad_token_id)
+    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
+    start = time.perf_counter()
+    ref = reference_logps(base, encoded, tokenizer.pad_token_id, autocast_bf16=precision.autocast_bf16)
     ref_seconds = time.perf_counter() - start
-    libra_timer = StepTimer()
-    libra_args = dpo_config(params, out / "libra", world=1, on_cpu=not torch.cuda.is_available())
-    libra_args.save_strategy, libra_args.disable_tqdm = "no", True
-    libra_trainer = LibraDPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(args.model, dtype="float32"), ref_model=None, args=libra_args,
-        train_dataset=training_dataset(encoded, ref, "bench"), processing_class=tokenizer,
-        peft_config=lora_config(params), callbacks=[libra_timer], cpu_bf16=params.bf16_autocast and not torch.cuda.is_available(),
-    )
+    lens = [(len(p), len(c), len(r)) for p, c, r in encoded.select("prompt_ids", "chosen_ids", "rejected_ids").iter_rows()]
+    unpacked_tokens = sum(2 * p + c + r for p, c, r in lens)
+    packed_tokens = sum(p + c + r for p, c, r in lens)
+    n_params = sum(p.numel() for p in base.parameters())
+    del base
 
-    results: dict[str, tuple[list[float], list[float]]] = {"trl": ([], []), "libra": ([], [])}
+    trainers: dict[str, tuple[Any, StepTimer]] = {}
+    paths = args.paths.split(",")
+    if "trl" in paths:
+        trl_pairs = Dataset.from_list([
+            {"prompt": conversation(r["prompt"]), "chosen": conversation(r["prompt"], r["chosen"])[1:],
+             "rejected": conversation(r["prompt"], r["rejected"])[1:]}
+            for r in pairs.iter_rows(named=True)
+        ])
+        timer = StepTimer()
+        trainers["trl"] = (DPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(args.model, dtype="float32"),
+            args=DPOConfig(
+                output_dir=str(out / "trl"), per_device_train_batch_size=params.batch_size, learning_rate=params.learning_rate,
+                beta=params.beta, loss_type=list(params.loss_type), max_length=params.max_length, logging_steps=1,
+                save_strategy="no", report_to="none", seed=params.seed, disable_tqdm=True, use_cpu=on_cpu,
+            ),
+            train_dataset=trl_pairs, processing_class=tokenizer, peft_config=lora_config(params), callbacks=[timer],
+        ), timer)  # fmt: skip
+    for name in ("libra-unpacked", "libra"):
+        if name not in paths:
+            continue
+        timer = StepTimer()
+        config = dpo_config(params, out / name, world=1, precision=precision)
+        config.save_strategy, config.disable_tqdm = "no", True
+        collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id) if name == "libra-unpacked" else None
+        trainers[name] = (LibraDPOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype), ref_model=None, args=config,
+            train_dataset=training_dataset(encoded, ref, "bench"), processing_class=tokenizer, data_collator=collator,
+            peft_config=lora_config(params), callbacks=[timer], cpu_bf16=precision.autocast_bf16,
+        ), timer)  # fmt: skip
+
+    results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in trainers}
     for _ in range(args.rounds):
-        for name, trainer, timer in (("trl", trl_trainer, trl_timer), ("libra", libra_trainer, libra_timer)):
+        for name, (trainer, timer) in trainers.items():
             secs, toks = run_round(trainer, timer, args.steps)
             results[name][0].extend(secs)
             results[name][1].extend(toks)
 
-    n_params = sum(p.numel() for p in libra_trainer.model.parameters())
-    print(f"model {args.model}: {n_params / 1e6:.1f}M params; {len(pairs)} pairs; batch {params.batch_size}; {threads} threads")
-    print(f"matmul: fp32 {rate['float32']:.0f} GFLOP/s, bf16 {rate['bfloat16']:.0f} GFLOP/s ({m}x{cfg.hidden_size}x{cfg.intermediate_size})")
-    tps = {}
+    load = os.getloadavg()
+    print(f"machine: torch CPU capability {torch.backends.cpu.get_cpu_capability()}, cuda {torch.cuda.is_available()}, "
+          f"{threads} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
+    print(f"model {args.model}: {n_params / 1e6:.1f}M params; {len(pairs)} pairs from {source}; batch {params.batch_size}; "
+          f"max_length {params.max_length}, max_prompt_length {params.max_prompt_length}; loss {list(params.loss_type)}")  # fmt: skip
+    print(f"matmul {shape[0]}x{shape[1]}x{shape[2]}: fp32 {rate['float32']:.1f} GFLOP/s, bf16 {rate['bfloat16']:.1f} GFLOP/s")
+    print(f"precision: {precision.precision} (requested {precision.requested}; {precision.reason})")
+    # The floor of one step: with the reference precomputed and the base frozen, each token
+    # costs a forward (2 FLOPs per parameter: one multiply-add) and a backward that needs the
+    # gradient with respect to the activations (another 2 per parameter) but not the base
+    # weights' gradients (those 2 more, which full fine-tuning pays, are skipped); LoRA's own
+    # r=8 matmuls and attention's seq^2 terms are under 2 % here. So 4 x params x tokens, at the
+    # matmul rate of the precision in use. Tokens are TRL's count (chosen and rejected
+    # [prompt; answer] rows): a path that computes the shared prompt once (libra) may beat it.
+    step_secs: dict[str, float] = {}
     for name, (secs, toks) in results.items():
-        tps[name] = sum(toks) / sum(secs)
-        print(f"{name:6s} {statistics.mean(secs):6.2f} s/step (median {statistics.median(secs):.2f}, {len(secs)} steps), "
-              f"{statistics.mean(toks):.0f} tokens/step, {tps[name]:.0f} tokens/s")
-    floor_tps = rate["bfloat16"] * 1e9 / (8 * n_params)
-    print(f"speed-up libra / TRL defaults: {tps['libra'] / tps['trl']:.2f}x")
-    print(f"FLOP floor: {floor_tps:.0f} tokens/s (8 x params x tokens at the bf16 rate); "
-          f"libra takes {floor_tps / tps['libra']:.2f}x the floor, TRL defaults {floor_tps / tps['trl']:.2f}x")
-    print(f"libra one-off reference pass: {ref_seconds:.1f}s for {len(pairs)} pairs "
-          f"(= {ref_seconds / statistics.mean(results['libra'][0]):.1f} libra steps)")
+        if not secs:
+            continue
+        step_secs[name] = statistics.mean(secs)
+        tps = sum(toks) / sum(secs)
+        print(f"{name:15s} {step_secs[name]:6.2f} s/step (median {statistics.median(secs):.2f}, {len(secs)} steps, "
+              f"{[round(s, 2) for s in secs]}), {statistics.mean(toks):.0f} tokens/step, {tps:.0f} tokens/s")  # fmt: skip
+    if "libra" in results and results["libra"][1]:
+        tokens_per_step = statistics.mean(results["libra"][1])
+        floor = 4 * n_params * tokens_per_step / (chosen_rate * 1e9)
+        print(f"FLOP floor: {floor:.2f} s/step (4 x {n_params / 1e6:.1f}M params x {tokens_per_step:.0f} tokens at "
+              f"{chosen_rate:.1f} GFLOP/s, {precision.precision}); libra at {step_secs['libra'] / floor:.2f}x the floor"
+              + "".join(f", {n} at {step_secs[n] / floor:.2f}x" for n in step_secs if n != "libra"))  # fmt: skip
+        for other in ("trl", "libra-unpacked"):
+            if other in step_secs:
+                # same pairs and batch size, so per-step time is the fair comparison (random vs bucketed
+                # batches make tokens/step differ a little between paths)
+                print(f"speed-up libra / {other}: {step_secs[other] / step_secs['libra']:.2f}x per step")
+    ref_floor = 2 * n_params * unpacked_tokens / (chosen_rate * 1e9)
+    print(f"reference pass (once per dataset): {ref_seconds:.1f} s for {len(pairs)} pairs, {unpacked_tokens} tokens "
+          f"({packed_tokens} computed, the prompt once per pair); floor 2 x params x tokens = {ref_floor:.1f} s: "
+          f"{ref_seconds / ref_floor:.2f}x the floor")  # fmt: skip
+    for line in truncation_report(pairs, tokenizer, params.max_prompt_length, params.max_length):
+        print(line)
 
 
 if __name__ == "__main__":

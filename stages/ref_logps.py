@@ -1,13 +1,17 @@
 """Reference log-probs of every training pair under the base model.
 
-    python stages/ref_logps.py --model models/base --train data/train.parquet --out data/ref_logps.parquet
+    python stages/ref_logps.py --model models/base --train data/train.parquet --out data/ref_logps.parquet \
+        [--stats metrics/ref_logps.json]
 
-Reads params `dpo.max_prompt_length` and `dpo.max_length` only, so a sweep over beta,
-learning rate or LoRA settings reuses this output. Runs on one GPU if present, else on
-all CPU cores (thread count does not change the result). Pairs are tokenised by the same
-function the dpo stage uses (chat template on the prompt, TRL's prompt/completion split,
-libra's truncation). Writes pair_id, ref_chosen_logps, ref_rejected_logps (summed over
-completion tokens, fp32).
+Reads params `dpo.max_prompt_length`, `dpo.max_length` and `compute.precision` only, so
+a sweep over beta, learning rate or LoRA settings reuses this output. Runs on one GPU if
+present, else on all CPU cores (thread count does not change the result), in the
+precision `libra.train.precision` chooses (fp32 on CPUs without native bf16). Pairs are
+tokenised by the same function the dpo stage uses (chat template on the prompt, TRL's
+prompt/completion split, libra's truncation) and run through the forward the dpo step
+uses (one packed row per pair, completion-only LM head). Writes pair_id,
+ref_chosen_logps, ref_rejected_logps (summed over completion tokens), and with --stats
+a small JSON: pairs, tokens, seconds, tokens/s, threads and the precision with its reason.
 """
 
 from __future__ import annotations
@@ -15,12 +19,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 from libra.config import load_params
-from libra.io import read_parquet, write_parquet
+from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
 from libra.train.encode import check_pairs, encode_pairs
+from libra.train.precision import choose_precision
 from libra.train.ref_logps import reference_logps
 from libra.train.runtime import load_base, set_threads
 
@@ -31,27 +34,38 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="base checkpoint dir (base_model stage output)")
     parser.add_argument("--train", required=True, help="training pairs parquet (split stage output)")
     parser.add_argument("--out", required=True, help="parquet to write: pair_id, ref_chosen_logps, ref_rejected_logps")
+    parser.add_argument("--stats", help="optional JSON to write: pairs, tokens, seconds, precision")
     args = parser.parse_args()
 
-    params = load_params().dpo
+    all_params = load_params()
+    params = all_params.dpo
     threads = set_threads(0)  # all cores: thread count never changes the result, so it is no param here
+    precision = choose_precision(all_params.compute.precision)
+    print(f"ref_logps: precision {precision.precision} ({precision.reason})", flush=True)
 
     # Load
     train = read_parquet(args.train)
     check_pairs(train, args.train)
-    model, tokenizer = load_base(args.model)
-    if torch.cuda.is_available():
+    model, tokenizer = load_base(args.model, dtype=precision.dtype)
+    if precision.device == "cuda":
         model = model.to("cuda")
 
     # Compute
     start = time.perf_counter()
     encoded = encode_pairs(train, tokenizer, params.max_prompt_length, params.max_length)
-    ref = reference_logps(model, encoded, tokenizer.pad_token_id)
+    ref = reference_logps(model, encoded, tokenizer.pad_token_id, autocast_bf16=precision.autocast_bf16)
+    seconds = time.perf_counter() - start
 
     # Save
     write_parquet(ref, args.out)
-    tokens = int(encoded["length"].sum())
-    print(f"ref_logps: {ref.height} pairs, {threads} threads, {time.perf_counter() - start:.1f}s (~{tokens} tokens/side)")
+    lengths = [len(p) + len(c) + len(r) for p, c, r in encoded.select("prompt_ids", "chosen_ids", "rejected_ids").iter_rows()]
+    tokens = sum(lengths)
+    if args.stats:
+        write_json({
+            "pairs": ref.height, "tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
+            "threads": threads, "precision": precision.record(),
+        }, args.stats)  # fmt: skip
+    print(f"ref_logps: {ref.height} pairs, {tokens} tokens (prompt once per pair), {threads} threads, {seconds:.1f}s")
 
 
 if __name__ == "__main__":

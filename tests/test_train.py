@@ -16,10 +16,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from trl import DPOConfig
 
 from libra.config import DPOParams, LoraParams
 from libra.train.dpo import prepare_checkpoints, run_fingerprint, training_dataset
 from libra.train.encode import encode_pair, encode_pairs
+from libra.train.precision import Capability, Precision, choose_precision
 from libra.train.ref_logps import reference_logps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +150,7 @@ def test_tokens_and_ref_logps_match_trl(tiny_base: Path, tmp_path: Path) -> None
     encoded = encode_pairs(pairs, tok, 256, 512)
     for col in ("prompt_ids", "chosen_ids", "rejected_ids"):
         assert encoded[col].to_list() == trl_rows[col]
-    ref = reference_logps(AutoModelForCausalLM.from_pretrained(tiny_base, dtype="float32"), encoded, tok.pad_token_id, batch_pairs=4)
+    ref = reference_logps(AutoModelForCausalLM.from_pretrained(tiny_base, dtype="float32"), encoded, tok.pad_token_id, batch_tokens=256)
     for col in ("ref_chosen_logps", "ref_rejected_logps"):
         ours, theirs = ref[col].to_list(), trl_rows[col]
         assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) < 1e-3, (ours, theirs)
@@ -185,7 +187,8 @@ def trained(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("stages")
     params = tiny_profile(work / "params.yaml")
     make_pairs(8).write_parquet(work / "train.parquet")
-    run_stage("ref_logps.py", "--model", tiny_base, "--train", "train.parquet", "--out", "ref.parquet", params=params, cwd=work)
+    run_stage("ref_logps.py", "--model", tiny_base, "--train", "train.parquet", "--out", "ref.parquet", "--stats", "ref.json",
+              params=params, cwd=work)  # fmt: skip
     run_stage(
         "dpo.py", "--model", tiny_base, "--train", "train.parquet", "--ref-logps", "ref.parquet", "--out", "dpo",
         "--checkpoints", "ckpt", "--metrics", "train.json", "--plots", "dvclive", params=params, cwd=work,
@@ -203,6 +206,11 @@ def test_dpo_stage_writes_a_loadable_adapter_metrics_and_curves(trained: Path, t
     metrics = json.loads((trained / "train.json").read_text())
     assert metrics["steps"] == 2 and metrics["processes"] == 1
     assert {"loss", "rewards_margins", "rewards_accuracies", "tokens_per_s", "train_time_s"} <= metrics.keys()
+    ref_stats = json.loads((trained / "ref.json").read_text())
+    assert ref_stats["pairs"] == 8 and ref_stats["precision"]["dtype"] == metrics["precision"]["dtype"]
+    # precision: chosen by libra.train.precision (fp32 on a CPU without native bf16), with its reason
+    assert {"precision", "dtype", "autocast_bf16", "reason", "cpu_capability"} <= metrics["precision"].keys()
+    assert metrics["precision"]["reason"] and metrics["precision"]["dtype"] in ("float32", "bfloat16")
     loss_curve = (trained / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert loss_curve[0].split("\t") == ["step", "loss"] and len(loss_curve) == 3
     assert sorted(p.name for p in (trained / "ckpt").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
@@ -236,32 +244,101 @@ def test_two_processes_train_and_write_the_adapter_once(trained: Path, tiny_base
     assert (trained / "dpo2" / "adapter_model.safetensors").exists()
 
 
-def test_completion_only_lm_head_gives_trl_loss_and_gradients(tiny_base: Path, tmp_path: Path) -> None:
-    import torch
+CPU_FP32 = Capability(cuda=False, cuda_bf16=False, cpu_flags=frozenset({"avx2", "fma"}), torch_cpu_capability="AVX2")
+CPU_BF16 = Capability(cuda=False, cuda_bf16=False, cpu_flags=frozenset({"avx512_bf16", "amx_bf16"}), torch_cpu_capability="AVX512")
+CUDA_BF16 = Capability(cuda=True, cuda_bf16=True, torch_cpu_capability="AVX2")
+NATIVE_RATES = {"float32": 190.0, "bfloat16": 415.0}
+
+
+def fp32_precision() -> Precision:
+    return choose_precision("auto", CPU_FP32, measure=lambda: {"float32": 132.0, "bfloat16": 0.9})
+
+
+def tiny_trainer(tiny_base: Path, tmp_path: Path, params: DPOParams, precision: Precision, n: int = 4, **kwargs: object):  # type: ignore[no-untyped-def]
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOTrainer
 
     from libra.train.dpo import LibraDPOTrainer, dpo_config, lora_config
 
-    params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0))
     tok = AutoTokenizer.from_pretrained(tiny_base)
-    encoded = encode_pairs(make_pairs(4), tok, 64, 128)
-    ref = pl.DataFrame({"pair_id": encoded["pair_id"], "ref_chosen_logps": [-50.0] * 4, "ref_rejected_logps": [-60.0] * 4})
-    trainer = LibraDPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(tiny_base, dtype="float32"),
-        args=dpo_config(params, tmp_path / "ckpt", world=1, on_cpu=True),
+    encoded = encode_pairs(make_pairs(n), tok, params.max_prompt_length, params.max_length)
+    ref = pl.DataFrame({"pair_id": encoded["pair_id"], "ref_chosen_logps": [-50.0 - i for i in range(n)],
+                        "ref_rejected_logps": [-60.0 + 3 * i for i in range(n)]})  # fmt: skip
+    return LibraDPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_base, dtype=precision.dtype),
+        args=dpo_config(params, tmp_path / "ckpt", world=1, precision=precision),
         train_dataset=training_dataset(encoded, ref, "ref"), processing_class=tok, peft_config=lora_config(params),
+        cpu_bf16=precision.autocast_bf16, **kwargs,
     )
-    batch = next(iter(trainer.get_train_dataloader()))
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "label_smoothing"),
+    [(["sigmoid", "sft"], 0.0), (["ipo"], 0.0), (["hinge"], 0.0), (["robust"], 0.1)],
+)
+def test_packed_step_gives_trl_loss_gradients_and_metrics(tiny_base: Path, tmp_path: Path, loss_type: list[str], label_smoothing: float) -> None:
+    """libra's step (one packed [prompt; chosen; rejected] row per pair, completion-only head) equals TRL's own."""
+    import torch
+    from trl import DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0),
+                       loss_type=loss_type, label_smoothing=label_smoothing)  # fmt: skip
+    trainer = tiny_trainer(tiny_base, tmp_path, params, fp32_precision())
+    # Make the adapter non-trivial, so the policy differs from the reference.
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    packed = trainer.data_collator(rows)
+    stock = DataCollatorForPreference(pad_token_id=trainer.processing_class.pad_token_id)(
+        [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")} for r in rows]
+    )
     results = []
-    for compute in (LibraDPOTrainer.compute_loss, DPOTrainer.compute_loss):
+    for compute, batch in ((type(trainer).compute_loss, packed), (DPOTrainer.compute_loss, stock)):
         trainer.model.zero_grad()
+        trainer._metrics["train"].clear()
         loss = compute(trainer, trainer.model, batch)
         loss.backward()
         grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
-        results.append((loss.item(), grads))
-    assert abs(results[0][0] - results[1][0]) < 1e-5
-    assert torch.allclose(results[0][1], results[1][1], atol=1e-6, rtol=1e-4)
+        results.append((loss.item(), grads, {k: v[-1] for k, v in trainer._metrics["train"].items()}))
+    (ours, our_grads, our_metrics), (theirs, their_grads, their_metrics) = results
+    assert abs(ours - theirs) < 1e-5, (ours, theirs)
+    assert torch.allclose(our_grads, their_grads, atol=1e-6, rtol=1e-4)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+        assert abs(our_metrics[key] - their_metrics[key]) < 1e-4, key
+    # num_tokens counts the tokens of the unpacked [prompt; answer] rows, as TRL does.
+    assert int(packed["tokens"]) == int(stock["attention_mask"].sum())
+
+
+def test_precision_branches_reach_the_trainer_config_and_model_dtype(tiny_base: Path, tmp_path: Path) -> None:
+    """Each capability branch sets the DPOConfig, the model dtype and the autocast, without running bf16 here for long."""
+    import torch
+
+    from libra.train.dpo import dpo_config
+
+    params = DPOParams(batch_size=2, max_steps=1, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0))
+    cuda = choose_precision("auto", CUDA_BF16)
+    assert (cuda.precision, cuda.dtype, cuda.autocast_bf16, cuda.device) == ("bf16", "bfloat16", False, "cuda")
+    fields = DPOConfig.__dataclass_fields__  # a CUDA config cannot be built on a machine without CUDA
+    assert "bf16" in fields and "use_cpu" in fields
+    cpu = fp32_precision()
+    config = dpo_config(params, tmp_path / "a", world=1, precision=cpu)
+    assert (config.bf16, config.use_cpu) == (False, True)
+    trainer = tiny_trainer(tiny_base, tmp_path / "fp32", params, cpu, n=2)
+    assert trainer.model.dtype == torch.float32 and not trainer._cpu_bf16
+    assert trainer.autocast_smart_context_manager().__class__.__name__ != "autocast"
+
+    native = choose_precision("auto", CPU_BF16, measure=lambda: NATIVE_RATES)
+    config = dpo_config(params, tmp_path / "b", world=1, precision=native)
+    assert (config.bf16, config.use_cpu) == (False, True)  # TRL's bf16 does not autocast on CPU; libra does
+    trainer = tiny_trainer(tiny_base, tmp_path / "bf16", params, native, n=2)
+    assert trainer.model.dtype == torch.float32 and trainer._cpu_bf16
+    with trainer.autocast_smart_context_manager():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    # One tiny step under bf16 autocast (emulated on an AVX2 CPU: a 2-layer, 64-wide model keeps it short).
+    trainer.train()
+    assert trainer.state.global_step == 1 and trainer.state.log_history[0]["loss"] == trainer.state.log_history[0]["loss"]
 
 
 @pytest.mark.parametrize(

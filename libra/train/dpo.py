@@ -6,12 +6,18 @@ bench/dpo_throughput.py):
   with the reference log-probs as the `ref_chosen_logps` / `ref_rejected_logps` columns
   TRL reads when `precompute_ref_log_probs` is set: no reference forward per step;
 - the reference is the adapter-disabled base model (PEFT, `ref_model=None`);
-- on CPU, forward and backward run under `torch.autocast("cpu", bfloat16)` (TRL's
-  `bf16=True` does not autocast on CPU); weights, adapter, optimizer and loss stay fp32;
+- a pair is one packed row `[prompt; chosen; rejected]` (`encode.pack_pairs`): the
+  prompt, shared by both answers, goes through the model once per step, not twice;
+- only completion positions go through the 49k-vocabulary LM head, and the step skips
+  TRL's full-vocabulary metrics (entropy, mean logits, token accuracy), not in the loss;
+- precision comes from `libra.train.precision` (`compute.precision`): fp32 on CPUs
+  without native bf16; on a native-bf16 CPU the step runs under
+  `torch.autocast("cpu", bfloat16)` (weights, adapter, optimizer and loss stay fp32);
+  on CUDA with bf16 the frozen base is bf16 (TRL's `bf16=True`);
 - no gradient checkpointing (TRL's default): a 135M model's activations fit, and
   recomputing them costs a third more compute;
-- batches are grouped by length (LengthBucketSampler), so little compute goes to padding;
-- the LM head scores completion positions only (TRL does so on GPUs, not on CPU).
+- batches are grouped by length (LengthBucketSampler), so little compute goes to padding.
+Every use of TRL internals lives in `libra.train.trl_compat` (checked before training).
 """
 
 from __future__ import annotations
@@ -21,96 +27,129 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import torch
 from datasets import Dataset
-from trl import DPOConfig, DPOTrainer
+from trl import DPOConfig
 
 from libra.config import DPOParams, params_hash
 from libra.errors import InputError, ParamsError
 from libra.io import write_json
+from libra.train.encode import pack_pairs
 from libra.train.precision import Precision
+from libra.train.ref_logps import pair_logps
 from libra.train.runtime import load_tokenizer, world_size
-
-REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+from libra.train.trl_compat import REF_COLUMNS, PretokenizedDPOTrainer, check_trainer, check_trl, completion_positions_only
 RUN_FILE = "libra_run.json"
 # Params that change neither the trained adapter nor the data order: a checkpoint made
 # under other values of these is still valid to resume from.
 RESUME_NEUTRAL = ("num_threads", "save_steps")
 
 
-class LibraDPOTrainer(DPOTrainer):
-    """DPOTrainer that takes pre-tokenised pairs with precomputed reference log-probs.
+class PackedPairCollator:
+    """Batches of pre-tokenised pairs as `encode.pack_pairs` rows, plus the reference log-probs."""
 
-    `cpu_bf16` runs each loss computation (forward, and so the backward graph) under
-    bfloat16 autocast on CPU.
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = pack_pairs(rows, self.pad_id)
+        for col in REF_COLUMNS:
+            batch[col] = torch.tensor([float(r[col]) for r in rows], dtype=torch.float32)
+        return batch
+
+
+class LibraDPOTrainer(PretokenizedDPOTrainer):
+    """DPOTrainer on pre-tokenised pairs with precomputed reference log-probs, one forward per pair.
+
+    The step (`compute_loss`) runs each pair as one packed row `[prompt; chosen; rejected]`
+    (the prompt's forward and backward done once, not twice), scores only completion
+    positions through the LM head, and computes TRL 1.16's losses (`sigmoid`, `hinge`,
+    `ipo`, `robust`, `sft`, weighted by `loss_weights`) and its reward/log-prob metrics
+    from the summed log-probs. It skips the metrics TRL computes over the full
+    vocabulary at every completion position (entropy, mean logits, token accuracy),
+    which are not part of the loss. Same loss and gradients as `DPOTrainer.compute_loss`
+    (tests/test_train.py). `cpu_bf16` runs the step under CPU bfloat16 autocast.
     """
 
     def __init__(self, *args: Any, cpu_bf16: bool = False, **kwargs: Any) -> None:
         self._cpu_bf16 = cpu_bf16
+        if kwargs.get("data_collator") is None:
+            kwargs["data_collator"] = PackedPairCollator(kwargs["processing_class"].pad_token_id)
         super().__init__(*args, **kwargs)
+        check_trainer(self)
+        self._packed = isinstance(self.data_collator, PackedPairCollator)
 
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # type: ignore[no-untyped-def]
-        if "prompt_ids" in dataset.column_names:
-            return dataset
-        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-
-    def _precompute_ref_logps(self, dataset, name, batch_size):  # type: ignore[no-untyped-def]
-        if set(REF_COLUMNS) <= set(dataset.column_names):
-            return dataset
-        return super()._precompute_ref_logps(dataset, name, batch_size)
-
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        # Keep `length` for LengthBucketSampler; the collator ignores it.
-        if "length" not in self._signature_columns:
-            self._signature_columns.append("length")
-
-    def _get_train_sampler(self, train_dataset=None):  # type: ignore[no-untyped-def]
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
+    def train_sampler(self, dataset: Any) -> torch.utils.data.Sampler[int] | None:
         if "length" not in dataset.column_names:
-            return super()._get_train_sampler(train_dataset)
+            return None
         return LengthBucketSampler(
             dataset["length"], self.args.per_device_train_batch_size, self.args.world_size,
             self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
-        with completion_positions_only():
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not self._packed or return_outputs:
+            with completion_positions_only():
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        logps = pair_logps(model, inputs)
+        chosen_logps, rejected_logps = logps[0::2], logps[1::2]
+        ref_chosen, ref_rejected = inputs["ref_chosen_logps"].to(logps), inputs["ref_rejected_logps"].to(logps)
+        chosen_logratios = chosen_logps - ref_chosen
+        rejected_logratios = rejected_logps - ref_rejected
+        delta = chosen_logratios - rejected_logratios
+        seq = inputs["seq"].to(logps.device)
+        lengths = torch.zeros(inputs["num_seqs"], device=logps.device).index_add(0, seq, torch.ones(seq.shape, device=logps.device))
+        chosen_len, rejected_len = lengths[0::2], lengths[1::2]
+        beta, smoothing = self.beta, self.label_smoothing
+        logsigmoid = torch.nn.functional.logsigmoid
+        loss = torch.zeros((), device=logps.device)
+        for loss_type, weight in zip(self.loss_types, self.loss_weights, strict=True):
+            if loss_type == "sigmoid":
+                per_pair = -logsigmoid(beta * delta)
+            elif loss_type == "hinge":
+                per_pair = torch.relu(1 - beta * delta)
+            elif loss_type == "ipo":
+                ipo_delta = chosen_logratios / chosen_len.clamp(min=1.0) - rejected_logratios / rejected_len.clamp(min=1.0)
+                per_pair = (ipo_delta - 1 / (2 * beta)) ** 2
+            elif loss_type == "robust":
+                clean = -(1 - smoothing) * logsigmoid(beta * delta)
+                flipped = -smoothing * logsigmoid(-beta * delta)
+                per_pair = (clean - flipped) / (1 - 2 * smoothing)
+            elif loss_type == "sft":  # TRL: cross-entropy over all chosen tokens of the batch (a token mean)
+                per_pair = (-chosen_logps.sum() / chosen_len.sum()).expand(chosen_logps.shape[0])
+            else:
+                raise ParamsError(f"params: dpo.loss_type {loss_type!r} is not supported by libra's DPO step")
+            loss = loss + per_pair.mean() * weight
+        self._log_step_metrics(mode, inputs, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
+        return loss
+
+    def _log_step_metrics(self, mode: str, inputs: dict[str, Any], chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
+                          chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor) -> None:  # fmt: skip
+        """TRL 1.16's names and definitions: rewards/*, logps/*, num_tokens (non-pad tokens of the unpacked rows)."""
+        gather = self.accelerator.gather
+        if mode == "train":
+            tokens = torch.tensor(float(inputs["tokens"]), device=chosen_logps.device)
+            self._total_train_tokens += self.accelerator.gather_for_metrics(tokens).sum().item()
+        metrics = self._metrics[mode]
+        metrics["num_tokens"] = [self._total_train_tokens]
+        chosen_rewards = self.beta * chosen_logratios.detach()
+        rejected_rewards = self.beta * rejected_logratios.detach()
+        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
+        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
+        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
+        metrics["logps/chosen"].append(gather(chosen_logps.detach()).mean().item())
+        metrics["logps/rejected"].append(gather(rejected_logps.detach()).mean().item())
 
     def autocast_smart_context_manager(self, cache_enabled: bool | None = True) -> contextlib.AbstractContextManager:
         if self._cpu_bf16:
             return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache_enabled)
         return super().autocast_smart_context_manager(cache_enabled)
-
-
-@contextlib.contextmanager
-def completion_positions_only() -> Iterator[None]:
-    """Let TRL's fused LM head score only completion positions, on CPU too.
-
-    TRL 1.16 projects hidden states through the 49k-token LM head in tiles and keeps only
-    the positions with a label ("compact") when `_use_triton(device)` says so, i.e. on
-    CUDA/XPU; elsewhere it scores every position, prompt and padding included, because
-    changing shapes would recompile on Neuron. Eager CPU has no such cost, and the head
-    was 45 % of a CPU step. Same values (tested); without the hook (another TRL version)
-    this is a no-op.
-    """
-    import trl.trainer.utils as trl_utils
-
-    original = getattr(trl_utils, "_use_triton", None)
-    if original is None:
-        yield
-        return
-    trl_utils._use_triton = lambda device: True
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
 
 
 class LengthBucketSampler(torch.utils.data.Sampler[int]):
@@ -369,6 +408,7 @@ def train(
     state.wait_for_everyone()
     resume = last_checkpoint(checkpoints)
 
+    check_trl()
     tokenizer = load_tokenizer(model_dir)
     # On GPUs with bf16 the frozen base weights live in bf16 (TRL autocasts, PEFT keeps the
     # adapter fp32); on CPU they stay fp32 and only the matmuls run in bf16 under autocast.

@@ -92,3 +92,61 @@ def encode_pairs(df: pl.DataFrame, tokenizer: Any, max_prompt_length: int, max_l
             dtype=pl.Int64,
         ),
     )
+
+
+def pack_pairs(pairs: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """One row per pair, `[prompt; chosen; rejected]`, the prompt computed once for both answers.
+
+    Rejected tokens take the positions the chosen ones have (both follow the prompt) and
+    attend to the prompt and to themselves, never to the chosen answer, so every token
+    sees exactly the context it has in its own `[prompt; answer]` sequence: the same
+    log-probs with the prompt's forward (and backward) done once instead of twice. Rows
+    are right-padded to the longest in the batch; padding attends only to itself (no
+    fully masked row, so no NaN).
+
+    Returns input_ids and position_ids (B, L), a boolean attention mask (B, 1, L, L, True
+    = may attend), and for the completion tokens flat indices `source` (the position whose
+    output predicts the token), `target` (the token) and `seq` (2b for pair b's chosen,
+    2b + 1 for its rejected answer); `tokens` counts chosen + rejected sequence tokens as
+    unpacked `[prompt; answer]` rows would have them.
+    """
+    import torch
+
+    width = max(len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
+    n = len(pairs)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, 1, width, width), dtype=torch.bool)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    source, target, seq = [], [], []
+    tokens = 0
+    for b, p in enumerate(pairs):
+        prompt, chosen, rejected = list(p["prompt_ids"]), list(p["chosen_ids"]), list(p["rejected_ids"])
+        np_, nc, nr = len(prompt), len(chosen), len(rejected)
+        end = np_ + nc + nr
+        input_ids[b, :end] = torch.tensor(prompt + chosen + rejected)
+        position_ids[b, : np_ + nc] = torch.arange(np_ + nc)
+        position_ids[b, np_ + nc : end] = torch.arange(np_, np_ + nr)
+        position_ids[b, end:] = torch.arange(width - end)
+        mask[b, 0, :end, :end] = causal[:end, :end]
+        mask[b, 0, np_ + nc : end, np_ : np_ + nc] = False  # rejected never sees chosen
+        pad = torch.arange(end, width)
+        mask[b, 0, pad, pad] = True
+        row = b * width
+        # Chosen token at np_ + i is predicted by position np_ + i - 1; the first rejected
+        # token by the prompt's last position, the others by the rejected token before.
+        source += [row + np_ - 1 + i for i in range(nc)]
+        source += [row + np_ - 1] + [row + np_ + nc + i for i in range(nr - 1)]
+        target += chosen + rejected
+        seq += [2 * b] * nc + [2 * b + 1] * nr
+        tokens += 2 * np_ + nc + nr
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": mask,
+        "source": torch.tensor(source, dtype=torch.long),
+        "target": torch.tensor(target, dtype=torch.long),
+        "seq": torch.tensor(seq, dtype=torch.long),
+        "num_seqs": 2 * n,
+        "tokens": tokens,
+    }

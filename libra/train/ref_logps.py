@@ -1,65 +1,107 @@
 """Reference log-probs: the frozen base model's summed log-prob of each completion.
 
 DPO compares the policy to this reference on every step. Computing it once per dataset
-(in fp32, no dropout) takes a forward pass off every training step, and a sweep over
-beta, learning rate or LoRA settings reuses it, because this stage depends only on the
-base model, the pairs and the two length limits.
+takes a forward pass off every training step, and a sweep over beta, learning rate or
+LoRA settings reuses it, because this stage depends only on the base model, the pairs,
+the two length limits and the precision.
+
+The forward is the one the dpo step uses (`pair_logps`): each pair is one packed row
+`[prompt; chosen; rejected]` (the prompt computed once, see `encode.pack_pairs`), rows are
+grouped by length into batches of about `batch_tokens` tokens, and only the completion
+positions go through the 49k-vocabulary LM head.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
 import torch
 
-
-def _pad_batch(seqs: list[list[int]], prompt_lens: list[int], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """Right-padded input_ids, attention_mask and a completion mask, as TRL's collator builds them."""
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)
-    completion = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, (s, p) in enumerate(zip(seqs, prompt_lens, strict=True)):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        attention[i, : len(s)] = 1
-        completion[i, p : len(s)] = True
-    return input_ids, attention, completion
+from libra.train.encode import pack_pairs
 
 
-def _summed_logps(model: Any, input_ids: torch.Tensor, attention: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+@contextlib.contextmanager
+def hidden_states_as_logits(model: Any) -> Iterator[torch.nn.Module]:
+    """Make the model's forward return final hidden states in place of logits; yields the LM head.
+
+    The head runs afterwards on the completion positions only. The forward still goes
+    through the (possibly DDP-wrapped) model, so gradient synchronisation is untouched;
+    the head is frozen (tied to the embeddings in SmolLM2), so skipping it in the wrapped
+    forward loses no gradient.
+    """
+    inner = model.module if hasattr(model, "module") and not hasattr(model, "get_output_embeddings") else model
+    head = inner.get_output_embeddings()
+    head.forward = lambda hidden: hidden  # instance attribute: shadows the class method
+    try:
+        yield head
+    finally:
+        del head.forward
+
+
+def _attention_mask(mask: torch.Tensor, model: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean (B, 1, L, L) mask in the form the attention implementation takes."""
+    config = getattr(model, "config", None) or model.module.config
+    if getattr(config, "_attn_implementation", "sdpa") == "sdpa":
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def pair_logps(model: Any, packed: dict[str, Any]) -> torch.Tensor:
+    """Summed log-probs of every chosen and rejected answer of a packed batch: (2B,) as [c0, r0, c1, r1, ...].
+
+    Differentiable (the dpo step uses it with gradients); call under `torch.inference_mode()`
+    for the reference pass.
+    """
     device = next(model.parameters()).device
-    input_ids, attention, completion = input_ids.to(device), attention.to(device), completion.to(device)
-    with torch.inference_mode():
-        logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits[:, :-1].float()
-        # Position t predicts token t+1: score the shifted targets, keep completion tokens only.
-        targets = input_ids[:, 1:]
-        mask = completion[:, 1:]
-        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return (token_logps * mask).sum(dim=1).cpu()
+    ids = packed["input_ids"].to(device)
+    mask = _attention_mask(packed["attention_mask"].to(device), model, torch.float32)
+    with hidden_states_as_logits(model) as head:
+        hidden = model(input_ids=ids, attention_mask=mask, position_ids=packed["position_ids"].to(device), use_cache=False).logits
+    states = hidden.reshape(-1, hidden.shape[-1]).index_select(0, packed["source"].to(device))
+    logits = head(states)  # completion positions only: (tokens, vocab)
+    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, packed["target"].to(device).unsqueeze(-1)).squeeze(-1)
+    out = torch.zeros(packed["num_seqs"], dtype=token_logps.dtype, device=device)
+    return out.index_add(0, packed["seq"].to(device), token_logps)
 
 
-def reference_logps(model: Any, encoded: pl.DataFrame, pad_id: int, batch_pairs: int = 8) -> pl.DataFrame:
+def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Row indices sorted by length, cut into batches of at most `batch_tokens` padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # sorted ascending: the newest row is the longest, so it sets the padded width
+        if current and (len(current) + 1) * lengths[i] > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def reference_logps(
+    model: Any, encoded: pl.DataFrame, pad_id: int, batch_tokens: int = 4096, autocast_bf16: bool = False
+) -> pl.DataFrame:
     """pair_id, ref_chosen_logps, ref_rejected_logps for every encoded pair (input order).
 
-    Pairs are batched by length so padding stays small; each batch holds the chosen and
-    the rejected sequence of `batch_pairs` pairs.
+    `autocast_bf16` runs the matmuls under CPU bfloat16 autocast (only where the CPU runs
+    bf16 natively: libra.train.precision decides); the log-softmax stays fp32.
     """
     model.eval()
-    rows = encoded.with_row_index("_row").sort("length")
-    chosen = [0.0] * encoded.height
-    rejected = [0.0] * encoded.height
-    for start in range(0, rows.height, batch_pairs):
-        batch = rows.slice(start, batch_pairs)
-        seqs, comp = [], []
-        for r in batch.iter_rows(named=True):
-            for key in ("chosen_ids", "rejected_ids"):
-                seqs.append(list(r["prompt_ids"]) + list(r[key]))
-                comp.append(len(r["prompt_ids"]))
-        input_ids, attention, completion = _pad_batch(seqs, comp, pad_id)
-        logps = _summed_logps(model, input_ids, attention, completion).tolist()
-        for j, row in enumerate(batch["_row"].to_list()):
-            chosen[row], rejected[row] = logps[2 * j], logps[2 * j + 1]
+    rows = encoded.select("prompt_ids", "chosen_ids", "rejected_ids").to_dicts()
+    lengths = [len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows]
+    chosen = [0.0] * len(rows)
+    rejected = [0.0] * len(rows)
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext()
+    with torch.inference_mode(), cast:
+        for batch in length_batches(lengths, batch_tokens):
+            logps = pair_logps(model, pack_pairs([rows[i] for i in batch], pad_id)).float().cpu().tolist()
+            for j, i in enumerate(batch):
+                chosen[i], rejected[i] = logps[2 * j], logps[2 * j + 1]
     return encoded.select("pair_id").with_columns(
         pl.Series("ref_chosen_logps", chosen, dtype=pl.Float64),
         pl.Series("ref_rejected_logps", rejected, dtype=pl.Float64),

@@ -65,12 +65,12 @@ def load_tokenizer(model_dir: str | os.PathLike[str]) -> Any:
     return tokenizer
 
 
-def load_base(model_dir: str | os.PathLike[str]) -> tuple[Any, Any]:
-    """The base checkpoint (fp32) and its tokenizer."""
+def load_base(model_dir: str | os.PathLike[str], dtype: str = "float32") -> tuple[Any, Any]:
+    """The base checkpoint (in `dtype`: a `Precision.dtype`) and its tokenizer."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(model_dir)
-    return AutoModelForCausalLM.from_pretrained(Path(model_dir), dtype="float32"), tokenizer
+    return AutoModelForCausalLM.from_pretrained(Path(model_dir), dtype=dtype), tokenizer
 
 
 def relaunch_under_torchrun(nproc: int, argv: list[str]) -> None:
