@@ -1,11 +1,16 @@
-"""python stages/answer.py --model-name base --test data/test.parquet --base models/base --adapter models/dpo --out data/answers/base.parquet --usage metrics/usage/answer-base.json
+"""python stages/answer.py --model-name dpo@0.5 --suite data/suites/in_domain.parquet --base models/base --adapter models/dpo --out data/answers/dpo@0.5/in_domain.parquet --usage metrics/usage/answer-dpo@0.5-in_domain.json
 
-Answer every unique test prompt with one model named in eval.models: `base` (the
-checkpoint at --base), `dpo` (--base with the LoRA adapter at --adapter merged in), or a
-key of eval.endpoints (an OpenAI-compatible endpoint; --base and --adapter are unused).
-Rows are sorted by prompt_id; greedy decoding makes reruns give the same answers.
---usage gets the call and token accounting of an endpoint, or the prompt count, device
-and wall time of local generation.
+Answer every prompt of a suite with one model: `base` (the checkpoint at --base), `dpo`
+(--base with the LoRA adapter at --adapter merged in), `dpo@<lambda>` (the adapter's delta
+scaled by lambda, then merged: a point of the safety/utility frontier from one training
+run), or a key of eval.endpoints (an OpenAI-compatible endpoint; --base and --adapter are
+unused). The answers carry every suite column, then `model`, `response` (the final
+answer, any `<think>` block removed) and `reasoning` (that block, or the endpoint's
+`reasoning_content`; null when there is none). Rows are sorted by prompt_id; greedy
+decoding makes reruns give the same answers.
+--usage gets the call and token accounting of an endpoint, or, for local generation,
+the prompt count, precision (dtype and why), device, threads and wall time.
+`--test data/test.parquet` (the split's pairs, deduplicated to prompts) still works in place of --suite.
 """
 
 from __future__ import annotations
@@ -15,15 +20,20 @@ import time
 
 from libra.config import load_params
 from libra.errors import ParamsError
-from libra.eval.answer import LOCAL_MODELS, answer_endpoint, answer_rows, generate, load_policy, set_threads, unique_prompts
+from libra.eval.answer import (
+    adapter_scale, answer_endpoint, answer_rows, generate, load_policy, read_suite, set_threads, unique_prompts,
+)  # fmt: skip
 from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
+from libra.train.precision import choose_precision
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-name", required=True, help="base, dpo, or a key of eval.endpoints")
-    p.add_argument("--test", required=True, help="test pairs parquet (several pairs per prompt)")
+    p.add_argument("--model-name", required=True, help="base, dpo, dpo@<lambda> or a key of eval.endpoints")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--suite", help="suite parquet (data/suites/<suite>.parquet)")
+    src.add_argument("--test", help="test pairs parquet (several pairs per prompt; the pre-suite input)")
     p.add_argument("--base", default="models/base", help="base checkpoint dir (default: %(default)s)")
     p.add_argument("--adapter", default="models/dpo", help="LoRA adapter dir, used for dpo (default: %(default)s)")
     p.add_argument("--out", required=True, help="answers parquet to write")
@@ -36,35 +46,41 @@ def main() -> None:
     args = parse_args()
     params = load_params()
     cfg = params.eval
-    if args.model_name not in LOCAL_MODELS and args.model_name not in cfg.endpoints:
-        raise ParamsError(f"--model-name {args.model_name!r} is neither base, dpo nor a key of eval.endpoints; add it there")
+    scale = adapter_scale(args.model_name)
+    if scale is None and args.model_name not in cfg.endpoints:
+        raise ParamsError(
+            f"--model-name {args.model_name!r} is neither base, dpo, dpo@<lambda> nor a key of eval.endpoints; add it there"
+        )
 
     # Load
-    prompts = unique_prompts(read_parquet(args.test))
+    prompts = read_suite(args.suite) if args.suite else unique_prompts(read_parquet(args.test))
+    where = args.suite or args.test
 
     # Answer
-    if args.model_name in LOCAL_MODELS:
+    if scale is not None:
         threads = set_threads()
-        adapter = args.adapter if args.model_name == "dpo" else None
-        model, tokenizer = load_policy(args.base, adapter)
-        print(f"answer: {prompts.height} prompts with {args.model_name} on {model.device} ({threads} threads)")
+        precision = choose_precision(params.compute.precision)
+        model, tokenizer = load_policy(args.base, args.adapter if scale else None, scale=scale, precision=precision)
+        print(f"answer: {prompts.height} prompts of {where} with {args.model_name} on {model.device} "
+              f"({precision.precision}, {threads} threads)")  # fmt: skip
         start = time.perf_counter()
-        responses = generate(
+        texts = generate(
             model, tokenizer, prompts["prompt"].to_list(),
-            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy,
-        )
+            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, precision=precision,
+        )  # fmt: skip
         wall_s = time.perf_counter() - start
         write_json(
-            {"stage": f"answer-{args.model_name}", "model": args.model_name, "requests": prompts.height,
-             "device": str(model.device), "threads": threads, "wall_s": round(wall_s, 2),
-             "prompts_per_s": round(prompts.height / wall_s, 3) if wall_s else None},
+            {"stage": f"answer-{args.model_name}", "model": args.model_name, "adapter_scale": scale,
+             "requests": prompts.height, "device": str(model.device), "threads": threads,
+             "precision": precision.record(), "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
+             "wall_s": round(wall_s, 2), "prompts_per_s": round(prompts.height / wall_s, 3) if wall_s else None},
             args.usage,
-        )
+        )  # fmt: skip
     else:
-        responses = answer_endpoint(args.model_name, prompts["prompt"].to_list(), params.llm, cfg, args.usage)
+        texts = answer_endpoint(args.model_name, prompts["prompt"].to_list(), params.llm, cfg, args.usage)
 
     # Save
-    write_parquet(answer_rows(prompts, responses, args.model_name), args.out)
+    write_parquet(answer_rows(prompts, texts, args.model_name), args.out)
     print(f"answer: wrote {prompts.height} answers to {args.out}")
 
 

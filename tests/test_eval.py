@@ -133,7 +133,7 @@ def test_answer_stage_writes_one_row_per_prompt(tiny_dirs: tuple[Path, Path], tm
                      "--adapter", adapter, "--out", out, "--usage", usage)
     assert proc.returncode == 0, proc.stderr
     answers = pl.read_parquet(out)
-    assert answers.columns == [*PROMPT_COLUMNS, "response", "model"]
+    assert answers.columns == [*PROMPT_COLUMNS, "model", "response", "reasoning"]
     assert answers.height == 5 and set(answers["model"]) == {"dpo"}
     assert answers["prompt_id"].to_list() == sorted(answers["prompt_id"].to_list())
     assert json.loads(usage.read_text())["requests"] == 5
