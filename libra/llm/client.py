@@ -47,15 +47,6 @@ class ChatRequest:
     temperature: float | None = None
     # Keep a reasoning model's `reasoning_content` (or `reasoning`) as a leading <think> block of the text.
     keep_reasoning: bool = False
-    # Keep a reasoning model's `reasoning_content` (or `reasoning`) as a leading <think> block of the text.
-    keep_reasoning: bool = False
-
-
-def with_reasoning(message: Any, text: str) -> str:
-    """`text` with the message's reasoning trace (OpenAI-compatible `reasoning_content`) in front as <think>...</think>."""
-    extra = getattr(message, "model_extra", None) or {}
-    trace = extra.get("reasoning_content") or extra.get("reasoning") or getattr(message, "reasoning_content", None)
-    return f"<think>{trace}</think>{text}" if isinstance(trace, str) and trace.strip() else text
 
 
 def with_reasoning(message: Any, text: str) -> str:
@@ -234,8 +225,6 @@ class LLMClient:
                     self._transport_streak = 0
                     self._answered = True
                     text = (resp.choices[0].message.content or "") if resp.choices else ""
-                    if req.keep_reasoning and resp.choices:
-                        text = with_reasoning(resp.choices[0].message, text)
                     if req.keep_reasoning and resp.choices:
                         text = with_reasoning(resp.choices[0].message, text)
                     if resp.usage is not None:
