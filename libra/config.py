@@ -279,20 +279,19 @@ class SuiteSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    builtin: Literal["in_domain", "xstest"] | None = None
-    path: str | None = None
-    seed: int = Field(0, ge=0)
-    # xstest: prompts in the stratified subset; 0 = all 450.
-    subset: int = Field(150, ge=0)
-    # in_domain: compounds in no training pair (the test split's, topped up from the catalog),
-    # and prompts per label in each partition.
-    unseen_compounds: int = Field(24, ge=1)
-    unseen_per_label: int = Field(60, ge=0)
-    seen_per_label: int = Field(25, ge=0)
-    robustness_per_label: int = Field(48, ge=0)
+    builtin: Literal["in_domain", "xstest"] | None = Field(None, description="a builtin suite: `in_domain` or `xstest`")
+    path: str | None = Field(None, description="or a suite file of your own (.jsonl, .csv or .parquet)")
+    seed: int = Field(0, ge=0, description="sampling seed of the suite")
+    subset: int = Field(150, ge=0, description="xstest: prompts in the stratified subset (0 = all 450)")
+    unseen_compounds: int = Field(
+        24, ge=1, description="in_domain: compounds in no training pair (the test split's, topped up from the catalog)"
+    )
+    unseen_per_label: int = Field(60, ge=0, description="in_domain: prompts per label about unseen compounds")
+    seen_per_label: int = Field(25, ge=0, description="in_domain: prompts per label about training compounds")
+    robustness_per_label: int = Field(48, ge=0, description="in_domain: reframed prompts per label")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "SuiteSpec":
+    def _one_source(self) -> SuiteSpec:
         if (self.builtin is None) == (self.path is None):
             raise ValueError(
                 "give exactly one of builtin (in_domain | xstest) or path (a .jsonl, .csv or .parquet file)"
@@ -361,7 +360,7 @@ class EvalParams(Section):
         for name in self.endpoints:
             if name in ("base", "dpo") or not _ENDPOINT_NAME.fullmatch(name):
                 raise ValueError(
-                    f"endpoint name {name!r} names output files (data/answers/<name>.parquet); use letters, digits, "
+                    f"endpoints name {name!r} names output files (data/answers/<name>.parquet); use letters, digits, "
                     "'-' and '_' only, and not base or dpo"
                 )
         for name in self.models:

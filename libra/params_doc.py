@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
+from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from libra.config import Params
 
@@ -84,9 +84,11 @@ def leaves(model: type[BaseModel] = Params, instance: BaseModel | None = None, p
 def render(value: Any) -> str:
     if value is REQUIRED:
         return "required"
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    return f"`{_yaml(value)}`"
+    return _cell(f"`{_yaml(to_jsonable_python(value))}`")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a pipe inside a table cell, even in a code span, must be escaped
 
 
 def _yaml(value: Any) -> str:
@@ -103,5 +105,8 @@ def _yaml(value: Any) -> str:
 
 def params_doc() -> str:
     """docs/params.md: one row per key."""
-    rows = [f"| `{'.'.join(leaf.key)}` | {render(leaf.default)} | {leaf.description or ''} |" for leaf in leaves()]
+    rows = [
+        f"| `{'.'.join(leaf.key)}` | {render(leaf.default)} | {_cell(leaf.description or '')} |"
+        for leaf in leaves()
+    ]
     return HEADER + "\n".join(rows) + "\n"
