@@ -136,6 +136,14 @@ def test_cache_export_refuses_to_overwrite_without_force(project: Path) -> None:
         assert db.execute("select reply from calls").fetchall() == [("hello",)]
 
 
+def test_cache_export_onto_the_cache_itself_is_refused(project: Path) -> None:
+    cache_file = _filled_cache(project)
+    line = one_error_line(libra("cache", "export", cache_file, "--force", cwd=project))
+    assert "is the cache itself" in line, line
+    with sqlite3.connect(cache_file) as db:
+        assert db.execute("select count(*) from calls").fetchone() == (1,)
+
+
 def test_cache_export_into_a_directory_is_one_line(project: Path) -> None:
     _filled_cache(project)
     (project / "shared").mkdir()
