@@ -2,6 +2,7 @@
 
     python -m libra.deps --missing     # per stage, the libra modules to add to its deps in dvc.yaml
     python -m libra.deps --closure     # per stage, every libra module it imports
+    python -m libra.deps --suggest     # per stage, its deps line with the missing modules added
 
 A stage must rerun when any libra module it imports changes, directly or through other libra
 modules (imports inside functions count: they run). Error plumbing (libra/errors.py,
@@ -130,11 +131,17 @@ def missing(dvc_yaml: Path | None = None, root: Path = ROOT) -> dict[str, list[s
     return result
 
 
+def _flow(item: str) -> str:
+    """An item of a YAML flow sequence, quoted when it holds an indicator (`${item}`...)."""
+    return f'"{item}"' if any(c in item for c in "{}[],:#&*!|>'\"%@`$ ") else item
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m libra.deps", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--missing", action="store_true", help="per stage, the deps to add to dvc.yaml")
     group.add_argument("--closure", action="store_true", help="per stage, every libra module its script imports")
+    group.add_argument("--suggest", action="store_true", help="per stage lacking some, its full deps line with them added")
     parser.add_argument("--dvc-yaml", type=Path, default=None, help="default: dvc.yaml at the project root")
     args = parser.parse_args(argv)
     if args.missing:
@@ -144,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         if not gaps:
             print("every stage's deps cover the libra modules it imports")
         return 1 if gaps else 0
+    if args.suggest:
+        specs = stages(args.dvc_yaml)
+        for name, mods in missing(args.dvc_yaml).items():
+            deps = [*_dep_paths(specs[name]), *mods]
+            print(f"{name}:\n  deps: [{', '.join(_flow(d) for d in deps)}]")
+        return 0
     for name, spec in stages(args.dvc_yaml).items():
         mods: set[str] = set()
         for script in _SCRIPT.findall(str(spec.get("cmd", ""))):

@@ -80,3 +80,17 @@ def test_missing_cli_prints_per_stage_lines() -> None:
     assert proc.returncode == (1 if gaps else 0), proc.stderr
     for name, mods in gaps.items():
         assert f"{name}: {', '.join(mods)}" in proc.stdout
+
+
+def test_suggest_prints_yaml_deps_lines_that_close_every_gap() -> None:
+    import yaml
+
+    proc = subprocess.run([sys.executable, "-m", "libra.deps", "--suggest"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    suggested = yaml.safe_load(proc.stdout) or {}
+    gaps = missing()
+    assert set(suggested) == set(gaps)
+    for name, mods in gaps.items():
+        deps = suggested[name]["deps"]
+        assert all(covered(m, deps) for m in mods), name
+        assert deps[: len(stages()[name]["deps"])] == [d if isinstance(d, str) else next(iter(d)) for d in stages()[name]["deps"]]
