@@ -116,7 +116,7 @@ class LocalServer(Section):
 
 
 class LLMParams(Section):
-    cache_path: str = Field(".libra/cache/llm.sqlite", description="the shared call cache (one SQLite file for all stages)")
+    cache_path: str = Field(".libra/cache/llm.sqlite", min_length=1, description="the shared call cache (one SQLite file for all stages)")
     generator: LLMRole = LLMRole()
     judge: LLMRole = LLMRole(temperature=0.0, max_tokens=96, concurrency=1)
     local: LocalServer = LocalServer()
@@ -363,6 +363,9 @@ class EvalParams(Section):
                     f"endpoints name {name!r} names output files (data/answers/<name>.parquet); use letters, digits, "
                     "'-' and '_' only, and not base or dpo"
                 )
+        twice = sorted({m for m in self.models if self.models.count(m) > 1})
+        if twice:
+            raise ValueError(f"models lists {', '.join(twice)} more than once; list each model once")
         for name in self.models:
             if name not in ("base", "dpo") and name not in self.endpoints and not ADAPTER_SCALE.fullmatch(name):
                 raise ValueError(
