@@ -66,7 +66,7 @@ class AugmentParams(BaseModel):
     framed: bool = Field(True, description="add adversarially framed prompts for both labels")
     framed_per_seed: int = Field(2, ge=0, le=len(KINDS), description="cap on framed prompts per training seed")
     framings: list[Framing] = Field(default_factory=lambda: list(KINDS), min_length=1, description="framing kinds used")
-    max_new_tokens: int = Field(96, ge=8, le=1024, description="token budget of each self-distilled answer")
+    max_new_tokens: int = Field(64, ge=8, le=1024, description="token budget of each self-distilled answer")
     batch_size: int = Field(32, ge=1, description="generation batch size (greedy answers depend on it slightly)")
     seed: int = Field(0, ge=0, description="seed of the contrast-prompt sample")
 
