@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--train", default="data/train.parquet", help="training pairs; templates if absent (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per round, first is warm-up (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per path (default: %(default)s)")
+    parser.add_argument("--pairs", type=int, default=0, help="use only the first N pairs (0: all; default: %(default)s)")
     parser.add_argument("--paths", default="trl,libra-unpacked,libra", help="paths to time (default: %(default)s)")
     args = parser.parse_args()
 
@@ -158,6 +159,9 @@ def main() -> None:
     seed_everything(params.seed)
     pairs = read_parquet(args.train) if Path(args.train).exists() else template_pairs()
     source = args.train if Path(args.train).exists() else "libra templates (no --train data)"
+    all_pairs = pairs
+    if args.pairs:
+        pairs = pairs.head(args.pairs)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     out = Path(tempfile.mkdtemp(prefix="dpo_bench_"))
     on_cpu = not torch.cuda.is_available()
@@ -220,12 +224,20 @@ def main() -> None:
             results[name][0].extend(secs)
             results[name][1].extend(toks)
 
+    # Measured again after the steps: on a shared machine the rate moves with the load, and
+    # the floor uses the mean of the two measurements.
+    rate_end = {"float32": matmul_gflops(torch.float32, *shape, seconds=1.0), "bfloat16": matmul_gflops(torch.bfloat16, *shape, seconds=0.5)}
+    rate_start = dict(rate)
+    rate = {k: (rate_start[k] + rate_end[k]) / 2 for k in rate}
+    chosen_rate = rate["bfloat16"] if precision.precision == "bf16" else rate["float32"]
     load = os.getloadavg()
     print(f"machine: torch CPU capability {torch.backends.cpu.get_cpu_capability()}, cuda {torch.cuda.is_available()}, "
           f"{threads} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
-    print(f"model {args.model}: {n_params / 1e6:.1f}M params; {len(pairs)} pairs from {source}; batch {params.batch_size}; "
+    print(f"model {args.model}: {n_params / 1e6:.1f}M params; {len(pairs)} pairs (of {len(all_pairs)}) from {source}; batch {params.batch_size}; "
           f"max_length {params.max_length}, max_prompt_length {params.max_prompt_length}; loss {list(params.loss_type)}")  # fmt: skip
-    print(f"matmul {shape[0]}x{shape[1]}x{shape[2]}: fp32 {rate['float32']:.1f} GFLOP/s, bf16 {rate['bfloat16']:.1f} GFLOP/s")
+    print(f"matmul {shape[0]}x{shape[1]}x{shape[2]}: fp32 {rate['float32']:.1f} GFLOP/s, bf16 {rate['bfloat16']:.1f} GFLOP/s "
+          f"(mean of before the steps: fp32 {rate_start['float32']:.1f}, bf16 {rate_start['bfloat16']:.1f}; "
+          f"after: fp32 {rate_end['float32']:.1f}, bf16 {rate_end['bfloat16']:.1f})")  # fmt: skip
     print(f"precision: {precision.precision} (requested {precision.requested}; {precision.reason})")
     # The floor of one step: with the reference precomputed and the base frozen, each token
     # costs a forward (2 FLOPs per parameter: one multiply-add) and a backward that needs the
@@ -257,7 +269,7 @@ def main() -> None:
     print(f"reference pass (once per dataset): {ref_seconds:.1f} s for {len(pairs)} pairs, {unpacked_tokens} tokens "
           f"({packed_tokens} computed, the prompt once per pair); floor 2 x params x tokens = {ref_floor:.1f} s: "
           f"{ref_seconds / ref_floor:.2f}x the floor")  # fmt: skip
-    for line in truncation_report(pairs, tokenizer, params.max_prompt_length, params.max_length):
+    for line in truncation_report(all_pairs, tokenizer, params.max_prompt_length, params.max_length):
         print(line)
 
 
