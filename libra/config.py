@@ -384,8 +384,8 @@ class ClassifierParams(Section):
 
 class JudgeParams(Section):
     judges: list[Literal["rules", "classifier", "llm"]] = Field(
-        default_factory=lambda: ["rules", "classifier"], min_length=1,
-        description="judges to run; add `llm` when `llm.judge` is a capable model (docs/judges.md)",
+        default_factory=lambda: ["rules"], min_length=1,
+        description="judges to run; the default is one judge, the rules: no other judge raised held-out accuracy on XSTest (docs/judges.md); add `llm` when `llm.judge` is a capable model",
     )  # fmt: skip
     fusion: Literal["vote", "any_refusal", "llm_only"] = Field(
         "vote", description="`vote`, `any_refusal` (the paper's rule) or `llm_only`"

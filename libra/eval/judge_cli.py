@@ -6,6 +6,13 @@ Each output row is the input row plus `verdict` (fused by judge.fusion), `verdic
 and `verdict_<judge>` / `reason_<judge>` for every judge that ran. The classifier judge
 needs a trained model (`dvc repro classifier`); when it is missing the classifier is
 skipped with one line on stderr and the other judges still run.
+
+A row may also carry `reasoning` (a reasoning model's trace, string or null) and `label`
+(`legitimate` or `illegitimate`). The judges read the final answer: a `<think>` block in
+`response` is split off and read with `reasoning`. A withheld final answer whose trace
+carries operational content is not withheld (`verdict` compliance, the final answer's
+own verdict in `verdict_final`, the finding in `reasoning_leak`) unless `label` says the
+prompt is legitimate.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ from libra.config import Params
 from libra.errors import InputError
 from libra.eval.judge import JUDGE_ORDER, judge_table, open_judges
 from libra.io import atomic_path
+
+
+# Fields a row may carry beside prompt and response, with their allowed values (empty: any string).
+OPTIONAL: dict[str, tuple[str, ...]] = {"reasoning": (), "label": ("legitimate", "illegitimate")}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -50,6 +61,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not isinstance(row.get(key), str):
                 problem = "missing" if key not in row else f"not a string ({type(row[key]).__name__})"
                 raise InputError(f"{path}:{lineno}: {key!r} is {problem}; every row needs string prompt and response")
+        for key, allowed in OPTIONAL.items():
+            value = row.get(key)
+            if value is not None and (not isinstance(value, str) or (allowed and value not in allowed)):
+                want = f"one of {list(allowed)}" if allowed else "a string"
+                raise InputError(f"{path}:{lineno}: {key!r} is {value!r}; it must be {want} or null when given")
         try:
             json.dumps(row, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
@@ -84,12 +100,16 @@ def judge_file(input: Path, output: Path, judges: list[str], classifier_path: Pa
     if fusion == "llm_only" and "llm" not in selected:
         raise InputError("judge.fusion is llm_only but the llm judge is not selected; add llm to --judges or change judge.fusion")
 
-    table = pl.DataFrame({"prompt": [r["prompt"] for r in rows], "response": [r["response"] for r in rows]})
+    columns = {"prompt": [r["prompt"] for r in rows], "response": [r["response"] for r in rows]}
+    for key in OPTIONAL:
+        if any(key in r for r in rows):
+            columns[key] = [r.get(key) for r in rows]
+    table = pl.DataFrame(columns, schema={k: pl.String for k in columns})
     usage = output.with_name(output.name + ".usage.json")
     with open_judges(selected, params, classifier_path=classifier_path, stage="judge-cli", usage_path=usage) as fns:
         judged, stats = judge_table(table, fns, fusion=fusion)
 
-    added = [c for c in judged.columns if c not in ("prompt", "response")]
+    added = [c for c in judged.columns if c not in ("prompt", "response", *OPTIONAL)]
     with atomic_path(output) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for row, extra in zip(rows, judged.select(added).iter_rows(named=True)):
             fh.write(json.dumps({**row, **extra}, ensure_ascii=False) + "\n")
