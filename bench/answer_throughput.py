@@ -153,18 +153,20 @@ def resolve_model(args: argparse.Namespace, root: Path) -> Path:
 # --- the floor -----------------------------------------------------------------------------
 
 
-def model_matmul_gflops(model: Any, dtype: torch.dtype, rows: int = 48, seconds: float = 0.5) -> float:
-    """The matmul rate at this model's own shapes (its MLP projections, `rows` tokens at a time)."""
+def model_matmul_gflops(model: Any, dtype: torch.dtype, rows: int = 48, seconds: float = 0.5) -> tuple[float, float]:
+    """The matmul rate at this model's own shapes (its MLP projections, `rows` tokens at a time):
+    GFLOP/s of wall time, and GFLOP per CPU-second (steadier on a shared machine)."""
     cfg = model.config
     h, f = cfg.hidden_size, cfg.intermediate_size
     x = torch.randn(rows * 4, h, dtype=dtype)
     w = torch.randn(h, f, dtype=dtype)
     torch.mm(x, w)
-    n, start = 0, time.perf_counter()
+    n, start, cpu = 0, time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - start) < seconds:
         torch.mm(x, w)
         n += 1
-    return 2 * x.shape[0] * h * f * n / elapsed / 1e9
+    flops = 2 * x.shape[0] * h * f * n
+    return flops / elapsed / 1e9, flops / (time.process_time() - cpu) / 1e9
 
 
 def token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -206,47 +208,57 @@ def main() -> None:
         model, tokenizer = load_policy(resolve_model(args, Path(tmp)), precision=precision)
     prompts, source = bench_prompts(args.n)
     n_params = sum(t.numel() for t in model.parameters())
-    gflops = model_matmul_gflops(model, model.dtype)
+    gflops, gflops_cpu = model_matmul_gflops(model, model.dtype)
     prompt_tokens = sum(len(x) for x in prompt_token_ids(tokenizer, prompts))
     load = os.getloadavg()
     print(f"machine: torch capability {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs, "
           f"{threads} threads, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
     print(f"precision: {precision.precision} ({precision.reason})")
     print(f"model: {model.config.num_hidden_layers} layers, {n_params / 1e6:.1f}M params, {model.dtype}, on {model.device}; "
-          f"matmul {gflops:.1f} GFLOP/s at its MLP shape ({model.dtype})")  # fmt: skip
-    print(f"prompts: {len(prompts)} ({source}), {prompt_tokens} prompt tokens with the chat template")
+          f"matmul {gflops:.1f} GFLOP/s wall, {gflops_cpu:.1f} GFLOP per CPU-s, at its MLP shape")  # fmt: skip
+    print(f"prompts: {len(prompts)} ({source}), {prompt_tokens} prompt tokens with the chat template", flush=True)
     warm = {"progress": False}
     generate_baseline(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, **warm)
     generate(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, precision=precision, **warm)
 
     for cap in args.max_new_tokens:
         runs: dict[str, list[float]] = {"baseline": [], "new": []}
+        cpus: dict[str, list[float]] = {"baseline": [], "new": []}
         outs: dict[str, list[str]] = {}
         do_base = cap <= args.skip_baseline_above
         for _ in range(args.repeat):
             if do_base:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 outs["baseline"] = generate_baseline(model, tokenizer, prompts, batch_size=args.baseline_batch_size,
                                                      max_new_tokens=cap, **warm)  # fmt: skip
                 runs["baseline"].append(time.perf_counter() - t)
-            t = time.perf_counter()
+                cpus["baseline"].append(time.process_time() - c)
+                print(f"  [cap {cap}] baseline run: {runs['baseline'][-1]:.1f} s wall, {cpus['baseline'][-1]:.1f} s CPU, "
+                      f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+            t, c = time.perf_counter(), time.process_time()
             outs["new"] = generate(model, tokenizer, prompts, batch_size=args.batch_size, max_new_tokens=cap,
                                    precision=precision, **warm)  # fmt: skip
             runs["new"].append(time.perf_counter() - t)
+            cpus["new"].append(time.process_time() - c)
+            print(f"  [cap {cap}] new run: {runs['new'][-1]:.1f} s wall, {cpus['new'][-1]:.1f} s CPU, "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
         gen_tokens = sum(len(x) for x in token_ids(tokenizer, outs["new"]))
-        floor_s = 2 * n_params * (prompt_tokens + gen_tokens) / (gflops * 1e9)
+        flops = 2 * n_params * (prompt_tokens + gen_tokens)
+        floor_s, floor_cpu = flops / (gflops * 1e9), flops / (gflops_cpu * 1e9)
         print(f"\n--- max_new_tokens {cap}: {gen_tokens} generated tokens ({gen_tokens / len(prompts):.1f} per answer); "
               f"floor {floor_s:.1f} s = {len(prompts) / floor_s:.2f} prompts/s; load {os.getloadavg()[0]:.2f}")  # fmt: skip
         for name, label in (("baseline", f"today (generate, batch {args.baseline_batch_size})"),
                             ("new", f"new   (fast path, batch {args.batch_size})")):  # fmt: skip
             if not runs[name]:
                 continue
-            best = min(runs[name])
+            best, cpu = min(runs[name]), min(cpus[name])
             all_runs = ", ".join(f"{x:.1f}" for x in runs[name])
-            print(f"{label:34s}: {len(prompts) / best:6.2f} prompts/s, {floor_s / best:5.1%} of floor "
-                  f"(best of {all_runs} s)")  # fmt: skip
+            print(f"{label:34s}: {len(prompts) / best:6.2f} prompts/s wall, {floor_s / best:5.1%} of floor "
+                  f"(best of {all_runs} s); CPU {cpu:.1f} s = {len(prompts) * threads / cpu:.2f} prompts per "
+                  f"{threads} CPU-s, {floor_cpu / cpu:5.1%} of floor")  # fmt: skip
         if do_base:
-            print(f"speed-up: {min(runs['baseline']) / min(runs['new']):.2f}x (target >= 3x)")
+            print(f"speed-up: {min(runs['baseline']) / min(runs['new']):.2f}x wall, "
+                  f"{min(cpus['baseline']) / min(cpus['new']):.2f}x CPU time (target >= 3x)")
             same = [a == b for a, b in zip(outs["baseline"], outs["new"], strict=True)]
             print(f"identical greedy answers: {sum(same)}/{len(prompts)}")
             for i, s in enumerate(same):
