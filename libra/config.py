@@ -254,6 +254,25 @@ class DPOParams(Section):
         return self
 
 
+AugmentFraming = Literal["hypothetical", "fiction", "roleplay", "override", "identifier", "multipart"]
+AUGMENT_FRAMINGS: tuple[str, ...] = get_args(AugmentFraming)
+
+
+class AugmentParams(Section):
+    """The levers of the augment stage (libra/data/augment.py), each measurable with `dvc exp run -S`."""
+
+    self_distill_legit: bool = Field(True, description="legitimate prompts: chosen = the base policy's own greedy answer")
+    contrast: int = Field(64, ge=0, description="general-domain benign contrast pairs (0 = none; at most 242)")
+    framed: bool = Field(True, description="add adversarially framed prompts for both labels")
+    framed_per_seed: int = Field(2, ge=0, le=len(AUGMENT_FRAMINGS), description="cap on framed prompts per training seed")
+    framings: list[AugmentFraming] = Field(
+        default_factory=lambda: list(AUGMENT_FRAMINGS), min_length=1, description="framing kinds used"
+    )
+    max_new_tokens: int = Field(64, ge=8, le=1024, description="token budget of each self-distilled answer")
+    batch_size: int = Field(32, ge=1, description="generation batch size (greedy answers depend on it slightly)")
+    seed: int = Field(0, ge=0, description="seed of the contrast-prompt sample")
+
+
 class ComputeParams(Section):
     """How the torch stages (ref_logps, dpo, answer, augment) run."""
 
@@ -330,8 +349,9 @@ DEFAULT_SUITES: dict[str, SuiteSpec] = {
 }
 
 
-# `dpo~0.5`: the dpo adapter with its LoRA delta scaled by 0.5 at answer time (a frontier point).
-ADAPTER_SCALE = re.compile(r"dpo~(0(\.\d+)?|1(\.0+)?)")
+# `dpo~0.5`: the dpo adapter with its LoRA delta scaled by 0.5 at answer time (a frontier point;
+# libra/eval/answer.py accepts scales up to 2, which extrapolate).
+ADAPTER_SCALE = re.compile(r"dpo~(0|1|2)(\.\d+)?")
 
 
 class EvalParams(Section):
@@ -369,7 +389,7 @@ class EvalParams(Section):
         for name in self.models:
             if name not in ("base", "dpo") and name not in self.endpoints and not ADAPTER_SCALE.fullmatch(name):
                 raise ValueError(
-                    f"model {name!r} is neither base, dpo, dpo~<lambda> (the adapter scaled by lambda in [0, 1], "
+                    f"model {name!r} is neither base, dpo, dpo~<lambda> (the adapter scaled by lambda in [0, 2], "
                     "e.g. dpo~0.5) nor a key of eval.endpoints"
                 )
         return self
@@ -405,6 +425,7 @@ class Params(Section):
     rephrase: RephraseParams = RephraseParams()
     split: SplitParams = SplitParams()
     base_model: BaseModelParams = BaseModelParams()
+    augment: AugmentParams = AugmentParams()
     compute: ComputeParams = ComputeParams()
     dpo: DPOParams = DPOParams()
     eval: EvalParams = EvalParams()

@@ -1,7 +1,7 @@
-"""python stages/answer.py --model-name dpo@0.5 --suite data/suites/in_domain.parquet --base models/base --adapter models/dpo --out data/answers/dpo@0.5/in_domain.parquet --usage metrics/usage/answer-dpo@0.5-in_domain.json
+"""python stages/answer.py --model-name dpo~0.5 --suite data/suites/in_domain.parquet --base models/base --adapter models/dpo --out data/answers/dpo~0.5/in_domain.parquet --usage metrics/usage/answer-dpo~0.5-in_domain.json
 
 Answer every prompt of a suite with one model: `base` (the checkpoint at --base), `dpo`
-(--base with the LoRA adapter at --adapter merged in), `dpo@<lambda>` (the adapter's delta
+(--base with the LoRA adapter at --adapter merged in), `dpo~<lambda>` (the adapter's delta
 scaled by lambda, then merged: a point of the safety/utility frontier from one training
 run), or a key of eval.endpoints (an OpenAI-compatible endpoint; --base and --adapter are
 unused). The answers carry every suite column, then `model`, `response` (the final
@@ -30,7 +30,7 @@ from libra.train.precision import choose_precision
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-name", required=True, help="base, dpo, dpo@<lambda> or a key of eval.endpoints")
+    p.add_argument("--model-name", required=True, help="base, dpo, dpo~<lambda> or a key of eval.endpoints")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--suite", help="suite parquet (data/suites/<suite>.parquet)")
     src.add_argument("--test", help="test pairs parquet (several pairs per prompt; the pre-suite input)")
@@ -49,7 +49,7 @@ def main() -> None:
     scale = adapter_scale(args.model_name)
     if scale is None and args.model_name not in cfg.endpoints:
         raise ParamsError(
-            f"--model-name {args.model_name!r} is neither base, dpo, dpo@<lambda> nor a key of eval.endpoints; add it there"
+            f"--model-name {args.model_name!r} is neither base, dpo, dpo~<lambda> nor a key of eval.endpoints; add it there"
         )
 
     # Load

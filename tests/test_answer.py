@@ -1,5 +1,5 @@
 """Answering: the fast greedy path against a plain reference on a tiny real model, adapter
-scaling (`dpo@lambda`), suite columns and reasoning carried into the answers, precision recorded."""
+scaling (`dpo~lambda`), suite columns and reasoning carried into the answers, precision recorded."""
 
 from __future__ import annotations
 
@@ -110,10 +110,10 @@ def test_fast_path_matches_transformers_generate(tiny_dirs: tuple[Path, Path]) -
 
 
 def test_adapter_scale_names() -> None:
-    assert [adapter_scale(n) for n in ("base", "dpo", "dpo@0.5", "dpo@0", "dpo@1.25")] == [0.0, 1.0, 0.5, 0.0, 1.25]
-    assert adapter_scale("gpt4o") is None and adapter_scale("dpo@x") is None
+    assert [adapter_scale(n) for n in ("base", "dpo", "dpo~0.5", "dpo~0", "dpo~1.25")] == [0.0, 1.0, 0.5, 0.0, 1.25]
+    assert adapter_scale("gpt4o") is None and adapter_scale("dpo~x") is None
     with pytest.raises(Exception, match=r"adapter scale must lie in \[0, 2\]"):
-        adapter_scale("dpo@3")
+        adapter_scale("dpo~3")
 
 
 def test_scaled_adapter_interpolates_base_and_dpo(tiny_dirs: tuple[Path, Path]) -> None:
@@ -179,21 +179,21 @@ def suite_table() -> pl.DataFrame:
 def test_answer_rows_carry_suite_columns_and_split_reasoning() -> None:
     suite = suite_table()
     texts = ["<think>hm</think>Fine.", "No.", "<think>unfinished", "A", "B"]
-    rows = answer_rows(suite, texts, "dpo@0.5")
+    rows = answer_rows(suite, texts, "dpo~0.5")
     assert rows.columns == [*suite.columns, "model", "response", "reasoning"]
     assert rows["response"].to_list() == ["Fine.", "No.", "", "A", "B"]
     assert rows["reasoning"].to_list() == ["hm", None, "unfinished", None, None]
-    assert set(rows["model"]) == {"dpo@0.5"}
+    assert set(rows["model"]) == {"dpo~0.5"}
 
 
 def test_answer_stage_on_a_suite_with_a_scaled_adapter(tiny_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     base, adapter = tiny_dirs
     suite = suite_table()
     suite.write_parquet(tmp_path / "mine.parquet")
-    out, usage = tmp_path / "answers" / "dpo@0.5" / "mine.parquet", tmp_path / "usage.json"
+    out, usage = tmp_path / "answers" / "dpo~0.5" / "mine.parquet", tmp_path / "usage.json"
     env = subprocess_env(LIBRA_PARAMS=str(TINY_PROFILE), PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "answer.py"), "--model-name", "dpo@0.5", "--suite",
+        [sys.executable, str(ROOT / "stages" / "answer.py"), "--model-name", "dpo~0.5", "--suite",
          str(tmp_path / "mine.parquet"), "--base", str(base), "--adapter", str(adapter), "--out", str(out),
          "--usage", str(usage)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
@@ -201,7 +201,7 @@ def test_answer_stage_on_a_suite_with_a_scaled_adapter(tiny_dirs: tuple[Path, Pa
     assert proc.returncode == 0, proc.stderr
     answers = pl.read_parquet(out)
     assert answers.columns == [*suite.columns, "model", "response", "reasoning"]
-    assert answers.height == 5 and set(answers["model"]) == {"dpo@0.5"}
+    assert answers.height == 5 and set(answers["model"]) == {"dpo~0.5"}
     assert answers["prompt_id"].to_list() == sorted(suite["prompt_id"].to_list())
     assert answers.select("note", "framing").equals(suite.sort("prompt_id").select("note", "framing"))
     record = json.loads(usage.read_text())

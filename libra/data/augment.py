@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
 
+from libra.config import AugmentParams
 from libra.data.contrast import contrast_prompts
-from libra.data.framings import KINDS, framed_prompts
+from libra.data.framings import framed_prompts
 from libra.data.quarantine import quarantine_frame, reason_counts, safe_text
 from libra.data.safety import opens_with_refusal, operational_content, rejected_answer_problem
 from libra.data.templates import GENERAL_OVER_REFUSALS, trim_to_sentence
@@ -50,25 +50,9 @@ PAIR_COLUMNS = [
 ]  # fmt: skip
 OUT_COLUMNS = [*PAIR_COLUMNS, "source", "variant"]
 SOURCES = ("pairs", "self_distill", "contrast", "framed")
-Framing = Literal["hypothetical", "fiction", "roleplay", "override", "identifier", "multipart"]
 MIN_ANSWER_WORDS = 5
 
 GenerateFn = Callable[[list[str]], list[str]]
-
-
-class AugmentParams(BaseModel):
-    """params.yaml `augment`: the levers of the augment stage (each measurable with `dvc exp run -S`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    self_distill_legit: bool = Field(True, description="legitimate prompts: chosen = the base policy's own greedy answer")
-    contrast: int = Field(64, ge=0, description="general-domain benign contrast pairs (0 = none; at most 242)")
-    framed: bool = Field(True, description="add adversarially framed prompts for both labels")
-    framed_per_seed: int = Field(2, ge=0, le=len(KINDS), description="cap on framed prompts per training seed")
-    framings: list[Framing] = Field(default_factory=lambda: list(KINDS), min_length=1, description="framing kinds used")
-    max_new_tokens: int = Field(64, ge=8, le=1024, description="token budget of each self-distilled answer")
-    batch_size: int = Field(32, ge=1, description="generation batch size (greedy answers depend on it slightly)")
-    seed: int = Field(0, ge=0, description="seed of the contrast-prompt sample")
 
 
 def _id(*parts: str) -> str:

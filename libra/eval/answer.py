@@ -1,12 +1,12 @@
 """Answer suite prompts with a policy: a local checkpoint (+ a scaled LoRA adapter) or an endpoint.
 
     suite = read_suite("data/suites/in_domain.parquet")
-    model, tok = load_policy("models/base", adapter="models/dpo", scale=0.5)   # the model `dpo@0.5`
+    model, tok = load_policy("models/base", adapter="models/dpo", scale=0.5)   # the model `dpo~0.5`
     texts = generate(model, tok, suite["prompt"].to_list(), batch_size=48, max_new_tokens=64)
-    rows = answer_rows(suite, texts, "dpo@0.5")   # + response (final answer) and reasoning
+    rows = answer_rows(suite, texts, "dpo~0.5")   # + response (final answer) and reasoning
 
-Model names: `base`, `dpo` (= `dpo@1`), `dpo@<lambda>` (the LoRA delta scaled by lambda
-before it is merged: `dpo@0` computes base, `dpo@1` the trained adapter; linear between),
+Model names: `base`, `dpo` (= `dpo~1`), `dpo~<lambda>` (the LoRA delta scaled by lambda
+before it is merged: `dpo~0` computes base, `dpo~1` the trained adapter; linear between),
 or a key of `eval.endpoints`.
 
 Local generation is greedy decoding written for a small model on a CPU, where a decode
@@ -52,7 +52,7 @@ PROMPT_COLUMNS = ("prompt_id", "prompt", "label", "task", "group", "class", "com
 SUITE_REQUIRED = ("prompt_id", "prompt", "label", "suite", "partition")
 ANSWER_COLUMNS = ("model", "response", "reasoning")
 LOCAL_MODELS = ("base", "dpo")
-# `dpo@0.5`: the dpo adapter with its LoRA delta scaled by 0.5. Scales beyond 1 extrapolate.
+# `dpo~0.5`: the dpo adapter with its LoRA delta scaled by 0.5. Scales beyond 1 extrapolate.
 MAX_ADAPTER_SCALE = 2.0
 # Sampling, when eval.greedy is false, is seeded so a rerun gives the same answers.
 SAMPLING_SEED = 0
@@ -60,7 +60,7 @@ SAMPLING_TEMPERATURE = 0.7
 # A batch drops its finished rows once this share of them has finished (a drop copies the KV cache).
 COMPACT_SHARE = 0.125
 
-_SCALED = re.compile(r"^dpo@(\d+(?:\.\d+)?)$")
+_SCALED = re.compile(r"^dpo~(\d+(?:\.\d+)?)$")
 
 
 def prompt_id(prompt: str) -> str:
@@ -72,7 +72,7 @@ def prompt_id(prompt: str) -> str:
 
 
 def adapter_scale(name: str) -> float | None:
-    """The LoRA scale a local model name stands for (`base` 0, `dpo` 1, `dpo@0.5` 0.5); None for an endpoint."""
+    """The LoRA scale a local model name stands for (`base` 0, `dpo` 1, `dpo~0.5` 0.5); None for an endpoint."""
     if name == "base":
         return 0.0
     if name == "dpo":
