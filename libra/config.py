@@ -102,7 +102,7 @@ class LLMRole(Section):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="sampling temperature")
     max_tokens: int = Field(128, ge=1, le=32768, description="completion cap")
     seed: int = Field(0, ge=0, description="sampling seed (retries use a shifted seed)")
-    concurrency: int = Field(4, ge=1, le=1024, description="requests in flight (llama.cpp serves one request at a time)")
+    concurrency: int = Field(1, ge=1, le=1024, description="requests in flight: 1 for the embedded llama.cpp server, which serves one request at a time (more only queue there and time out); 8-64 for vLLM or a hosted API")
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout in seconds")
     max_retries: int = Field(4, ge=0, le=20, description="retries with exponential backoff and jitter; Retry-After honoured")
 
@@ -118,7 +118,7 @@ class LocalServer(Section):
 class LLMParams(Section):
     cache_path: str = Field(".libra/cache/llm.sqlite", min_length=1, description="the shared call cache (one SQLite file for all stages)")
     generator: LLMRole = LLMRole()
-    judge: LLMRole = LLMRole(temperature=0.0, max_tokens=96, concurrency=1)
+    judge: LLMRole = LLMRole(temperature=0.0, max_tokens=96)
     local: LocalServer = LocalServer()
 
 
@@ -363,7 +363,7 @@ class EvalParams(Section):
         default_factory=dict, description="hosted models to score like the local ones, by name"
     )
     max_new_tokens: int = Field(64, ge=1, description="answer length cap")
-    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    batch_size: int = Field(48, ge=1, description="prompts per generation batch")
     greedy: bool = Field(True, description="greedy decoding (false: sample)")
     suites: dict[str, SuiteSpec] = Field(
         default_factory=lambda: dict(DEFAULT_SUITES),
@@ -412,6 +412,16 @@ class JudgeParams(Section):
     )
 
 
+class JudgeValidationParams(Section):
+    """Where the judge is validated against human labels (stage judge_validation)."""
+
+    xstest_dir: str = Field(
+        "../shared/xstest", min_length=1,
+        description="folder with XSTest's human-labelled completions_*.csv (read where it lies, never copied)",
+    )  # fmt: skip
+    folds: int = Field(5, ge=1, description="prompt-grouped folds for cross-fitting learned judges")
+
+
 class ScoreParams(Section):
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the 95% intervals")
     seed: int = Field(0, ge=0, description="bootstrap seed")
@@ -431,6 +441,7 @@ class Params(Section):
     eval: EvalParams = EvalParams()
     classifier: ClassifierParams = ClassifierParams()
     judge: JudgeParams = JudgeParams()
+    judge_validation: JudgeValidationParams = JudgeValidationParams()
     score: ScoreParams = ScoreParams()
 
 

@@ -26,6 +26,7 @@ from libra.llm.local import LOCAL_URL_ENV
 from .conftest import ROOT, TINY_PROFILE, subprocess_env
 
 pytestmark = pytest.mark.slow
+MODELS, SUITES = ("base", "dpo"), ("in_domain", "xstest")
 
 
 def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -49,6 +50,8 @@ def make_project(dest: Path) -> Path:
     # DVC outputs committed by a real run (dvc.lock, metrics) are regenerated here.
     (dest / "dvc.lock").unlink(missing_ok=True)
     shutil.copy(TINY_PROFILE, dest / "params.yaml")
+    # XSTest's completions lie beside the checkout, not in it: point the copy at them.
+    set_param(dest, "judge_validation.xstest_dir", str(ROOT.parent / "shared" / "xstest"))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         sh(cmd, dest)
     return dest
@@ -74,15 +77,25 @@ def project(tmp_path_factory: pytest.TempPathFactory, local_url: str) -> Path:
 
 
 def test_full_repro_writes_every_output(project: Path) -> None:
-    for rel in ("data/train.parquet", "data/test.parquet", "data/README.md", "models/base", "models/dpo/adapter_config.json",
-                "metrics/train.json", "metrics/eval/base.json", "metrics/eval/dpo.json", "metrics/report.md"):  # fmt: skip
+    for rel in ("data/train.parquet", "data/test.parquet", "data/train_dpo.parquet", "data/README.md", "models/base",
+                "models/dpo/adapter_config.json", "metrics/train.json", "metrics/judge/validation.json",
+                "metrics/report.md", "metrics/summary.json"):  # fmt: skip
         assert (project / rel).exists(), rel
-    for model in ("base", "dpo"):
-        m = json.loads((project / f"metrics/eval/{model}.json").read_text())
-        for key in ("safety", "utility", "overall"):
-            assert 0.0 <= m[key] <= 1.0
+    for model in MODELS:
+        for suite in SUITES:
+            m = json.loads((project / f"metrics/eval/{model}/{suite}.json").read_text())
+            for key in ("safety", "utility", "overall"):
+                assert 0.0 <= m[key] <= 1.0, (model, suite, key)
+            assert m["corrected"] is not None, (model, suite)  # judge-corrected rates from the validation stage
+    suite = pl.read_parquet(project / "data/suites/in_domain.parquet")
+    assert set(suite["partition"]) == {"unseen_compound", "seen_compound", "robustness"}
+    assert set(pl.read_parquet(project / "data/suites/xstest.parquet")["partition"]) == {"safe", "unsafe"}
+    train_precision = json.loads((project / "metrics/train.json").read_text())["precision"]
+    assert train_precision["precision"] in ("fp32", "bf16") and train_precision["reason"]
     shown = sh(["dvc", "metrics", "show", "--json"], project).stdout
     assert "safety" in shown and "utility" in shown
+    report = (project / "metrics/report.md").read_text()
+    assert "xstest" in report.lower() and "in_domain" in report
 
 
 def test_data_outputs_are_safe_and_reconciled(project: Path) -> None:
@@ -118,24 +131,25 @@ def _repro_after(project: Path, local_url: str, dotted: str, value: object) -> l
 
 def test_judge_param_reruns_only_judge_score_report(project: Path, local_url: str) -> None:
     ran = _repro_after(project, local_url, "judge.fusion", "any_refusal")
-    assert ran == ["judge@base", "judge@dpo", "report", "score@base", "score@dpo"], ran
-    for model in ("base", "dpo"):
-        usage = json.loads((project / f"metrics/usage/judge-{model}.json").read_text())
-        # every completed LLM-judge call came from the cache; only calls that failed before are retried
-        assert usage["cache_hits"] >= 1, usage
-        assert usage["requests"] <= (usage["calls"] - usage["cache_hits"]) * 5, usage
+    cells = [f"{m}-{s}" for m in MODELS for s in SUITES]
+    expected = sorted(["judge_validation", "report", *(f"judge@{c}" for c in cells), *(f"score@{c}" for c in cells)])
+    assert ran == expected, ran
 
 
 def test_beta_reruns_dpo_and_what_follows_only(project: Path, local_url: str) -> None:
     ran = _repro_after(project, local_url, "dpo.beta", 0.2)
-    # judge/score/report follow only if the new adapter changes the answers (2 tiny steps may not)
-    assert {"dpo", "answer@dpo"} <= set(ran) <= {"dpo", "answer@dpo", "judge@dpo", "score@dpo", "report"}, ran
+    # the base model's answers never rerun (their policy card does not change); judge/score/report
+    # follow only if the new adapter changes the answers (2 tiny steps may not)
+    answers = {f"answer@dpo-{s}" for s in SUITES}
+    downstream = {f"{stage}@dpo-{s}" for stage in ("judge", "score") for s in SUITES} | {"report"}
+    assert {"dpo", "policy@dpo"} | answers <= set(ran) <= {"dpo", "policy@base", "policy@dpo"} | answers | downstream, ran
+    assert not any(r.startswith(("answer@base", "judge@base", "score@base")) for r in ran), ran
 
 
 def test_rephrase_param_reruns_from_rephrase_with_no_repeated_llm_calls(project: Path, local_url: str) -> None:
     ran = _repro_after(project, local_url, "rephrase.max_pairs_per_seed", 1)
     assert "rephrase" in ran and "split" in ran
-    assert not {"catalog", "seeds", "triplets", "base_model", "classifier"} & set(ran), ran
+    assert not {"catalog", "seeds", "triplets", "base_model", "classifier", "judge_validation", "suites@xstest"} & set(ran), ran
     usage = json.loads((project / "metrics/usage/rephrase.json").read_text())
     assert usage["requests"] == 0 and usage["cache_hits"] == usage["calls"], usage
 
@@ -160,11 +174,12 @@ def test_sweep_through_the_dvc_queue(project: Path, local_url: str) -> None:
     table = sh(["dvc", "exp", "show", "--csv", "--no-fetch"], project, env).stdout
     rows = list(csv.DictReader(io.StringIO(table)))
     columns = set(rows[0])
-    assert {"dpo.beta", "metrics/eval/dpo.json:safety", "metrics/eval/dpo.json:utility", "metrics/eval/dpo.json:overall"} <= columns, columns
+    headline = [f"metrics/eval/dpo/{s}.json:{k}" for s in SUITES for k in ("safety", "utility", "overall")]
+    assert {"dpo.beta", *headline} <= columns, columns
     swept = {r["dpo.beta"]: r for r in rows if r["State"] == "Success"}
     assert {"0.05", "0.3"} <= set(swept), table
     for beta in ("0.05", "0.3"):
-        assert 0.0 <= float(swept[beta]["metrics/eval/dpo.json:overall"]) <= 1.0
+        assert 0.0 <= float(swept[beta]["metrics/eval/dpo/in_domain.json:overall"]) <= 1.0
     keep = "Experiment|State|dpo.beta|metrics/eval.*:(safety|utility|overall)$"
     print(sh(["dvc", "exp", "show", "--md", "--no-fetch", "--drop", ".*", "--keep", keep], project, env).stdout)
 
@@ -181,17 +196,14 @@ def test_clone_pulls_from_remote_and_reruns_nothing(project: Path, tmp_path: Pat
     assert ran_stages(out.stdout) == [], out.stdout
     assert not (clone / ".libra/cache/llm.sqlite").exists()  # no LLM call was needed
 
-    # Sharing the call cache: a teammate who changes a judge param pays for no LLM call.
+    # Sharing the call cache: a teammate who changes a data param pays for no LLM call.
     shared = tmp_path / "llm-shared.sqlite"
     sh(["libra", "cache", "export", str(shared)], project)
     sh(["libra", "cache", "merge", str(shared)], clone)
-    current = yaml.safe_load((clone / "params.yaml").read_text())["judge"]["fusion"]
-    set_param(clone, "judge.fusion", "any_refusal" if current != "any_refusal" else "vote")
-    before = {m: json.loads((project / f"metrics/usage/judge-{m}.json").read_text()) for m in ("base", "dpo")}
-    out = sh(["dvc", "repro"], clone, subprocess_env(**{LOCAL_URL_ENV: local_url}))
-    assert {"judge@base", "judge@dpo"} <= set(ran_stages(out.stdout)), out.stdout
-    for model in ("base", "dpo"):
-        usage = json.loads((clone / f"metrics/usage/judge-{model}.json").read_text())
-        # every call that succeeded for the teammate who exported the cache is a hit here;
-        # only calls that failed there (errors are never cached) are asked again
-        assert usage["cache_hits"] == before[model]["ok"] > 0, (usage, before[model])
+    current = yaml.safe_load((clone / "params.yaml").read_text())["rephrase"]["max_pairs_per_seed"]
+    set_param(clone, "rephrase.max_pairs_per_seed", current + 1)
+    out = sh(["dvc", "repro", "rephrase"], clone, subprocess_env(**{LOCAL_URL_ENV: local_url}))
+    assert "rephrase" in ran_stages(out.stdout), out.stdout
+    usage = json.loads((clone / "metrics/usage/rephrase.json").read_text())
+    # every paraphrase call the exporter made is a cache hit here: none is asked again
+    assert usage["calls"] > 0 and usage["requests"] == 0 and usage["cache_hits"] == usage["calls"], usage
