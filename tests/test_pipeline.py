@@ -132,8 +132,9 @@ def _repro_after(project: Path, local_url: str, dotted: str, value: object) -> l
 def test_judge_param_reruns_only_judge_score_report(project: Path, local_url: str) -> None:
     ran = _repro_after(project, local_url, "judge.fusion", "any_refusal")
     cells = [f"{m}-{s}" for m in MODELS for s in SUITES]
-    expected = sorted(["judge_validation", "report", *(f"judge@{c}" for c in cells), *(f"score@{c}" for c in cells)])
-    assert ran == expected, ran
+    judges = {"judge_validation", *(f"judge@{c}" for c in cells)}
+    # score and report follow only where the verdicts or the judge's validation figures changed
+    assert judges <= set(ran) <= judges | {"report", *(f"score@{c}" for c in cells)}, ran
 
 
 def test_beta_reruns_dpo_and_what_follows_only(project: Path, local_url: str) -> None:
