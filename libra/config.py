@@ -225,7 +225,7 @@ class DPOParams(Section):
         None, description="one non-negative weight per loss type (null: equal weights)"
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="for robust / conservative DPO")
-    learning_rate: float = Field(5e-4, gt=0, description="peak learning rate")
+    learning_rate: float = Field(1e-3, gt=0, description="peak learning rate")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="learning-rate schedule"
     )
@@ -262,7 +262,7 @@ class AugmentParams(Section):
     """The levers of the augment stage (libra/data/augment.py), each measurable with `dvc exp run -S`."""
 
     self_distill_legit: bool = Field(True, description="legitimate prompts: chosen = the base policy's own greedy answer")
-    contrast: int = Field(64, ge=0, description="general-domain benign contrast pairs (0 = none; at most 242)")
+    contrast: int = Field(24, ge=0, description="general-domain benign contrast pairs (0 = none; at most 242)")
     framed: bool = Field(True, description="add adversarially framed prompts for both labels")
     framed_per_seed: int = Field(2, ge=0, le=len(AUGMENT_FRAMINGS), description="cap on framed prompts per training seed")
     framings: list[AugmentFraming] = Field(

@@ -4,7 +4,7 @@
         --model models/base --out data/train_dpo.parquet \
         --quarantine data/quarantine/augment.parquet --stats metrics/data/augment.json
 
-Reads params `augment.*` only (libra/data/augment.py: AugmentParams). The base policy is
+Reads params `augment.*` (libra/config.py: AugmentParams) and `compute.precision`. The base policy is
 loaded only when a lever needs its answers (self_distill_legit or contrast > 0), and is
 asked only legitimate chemistry prompts and benign general-domain prompts.
 """
@@ -12,36 +12,13 @@ asked only legitimate chemistry prompts and benign general-domain prompts.
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
-import yaml
 
-from libra.config import DEFAULT_PARAMS_PATH, load_params
-from libra.data.augment import AugmentParams, build_augmented, policy_generate
-from libra.errors import ParamsError
+from libra.config import load_params
+from libra.data.augment import build_augmented, policy_generate
 from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
-
-
-def load_augment_params() -> AugmentParams:
-    """`params.augment` once libra/config.py carries it; until then the `augment` section, validated here."""
-    from pydantic import ValidationError
-
-    from libra.config import Params, _format_error
-
-    if "augment" in Params.model_fields:
-        return load_params().augment
-    path = Path(os.environ.get("LIBRA_PARAMS", DEFAULT_PARAMS_PATH))
-    if not path.exists():
-        raise ParamsError(f"params: {path} not found; run from the project root or set LIBRA_PARAMS")
-    raw = (yaml.safe_load(path.read_text()) or {}).get("augment") or {}
-    try:
-        return AugmentParams.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ParamsError(f"params: {path}: " + _format_error({**err, "loc": ("augment", *err["loc"])})) from None
 
 
 @entrypoint
@@ -56,16 +33,20 @@ def main() -> None:
     args = parser.parse_args()
 
     # Load
-    params = load_augment_params()
+    all_params = load_params()
+    params = all_params.augment
     train = read_parquet(args.train)
     compounds = read_parquet(args.compounds)
     start = time.perf_counter()
     generate = None
     if params.self_distill_legit or params.contrast:
         from libra.eval.answer import load_policy, set_threads
+        from libra.train.precision import choose_precision
 
         set_threads()
-        model, tokenizer = load_policy(args.model)
+        precision = choose_precision(all_params.compute.precision)
+        print(f"augment: precision {precision.precision} ({precision.reason})", flush=True)
+        model, tokenizer = load_policy(args.model, precision=precision)
         generate = policy_generate(model, tokenizer, params)
 
     # Build

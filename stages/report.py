@@ -78,7 +78,8 @@ def main() -> None:
     plot_frontier(res, plots / "frontier.png")
     plot_by_partition(res, plots / "by_partition.png")
     link = Path(os.path.relpath(plots, Path(args.out).parent)).as_posix()
-    write_text(render(res, plots_link=link), args.out)
+    validation = json.loads(Path(args.validation).read_text()) if args.validation else None
+    write_text(render(res, plots_link=link, validation=validation), args.out)
     write_json(frontier_rows(res), args.frontier)
     if args.summary:
         write_json(summary(res), args.summary)

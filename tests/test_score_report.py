@@ -326,3 +326,15 @@ def test_score_and_report_stages(tmp_path: Path) -> None:
     other.write_text(json.dumps({"confusion": {"tp": 90, "fn": 10, "tn": 80, "fp": 20}}))
     stale = run_stage("report.py", *[other if a == validation else a for a in args])
     assert stale.returncode == 2 and stale.stderr.count("\n") == 1 and "rerun `dvc repro score`" in stale.stderr
+
+
+def test_report_names_the_judge_and_its_held_out_accuracy() -> None:
+    from libra.eval.report import validation_lines
+
+    one = {"judges": ["rules"], "fusion": "vote", "worst_held_out": {"model": "m3", "accuracy": 0.927},
+           "held_out": {"m1": {"fused": {"accuracy": 0.962}}, "m3": {"fused": {"accuracy": 0.927}}}}  # fmt: skip
+    text = " ".join(validation_lines(one))
+    assert "one judge (rules)" in text and "m1 0.962" in text and "worst: m3 0.927" in text
+    two = {**one, "judges": ["rules", "llm"]}
+    assert "2 judges (rules, llm) fused by vote" in " ".join(validation_lines(two))
+    assert validation_lines(None) == []

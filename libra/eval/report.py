@@ -445,7 +445,25 @@ def examples_section(judged: dict[str, pl.DataFrame], per_label: int = EXAMPLES_
 # --- the page --------------------------------------------------------------------------------
 
 
-def render(res: Results, plots_link: str | None = None, judge: dict[str, Any] | None = None) -> str:
+def validation_lines(validation: dict[str, Any] | None) -> list[str]:
+    """Which judge scored the answers and how it held on human labels (metrics/judge/validation.json)."""
+    if not validation:
+        return []
+    judges = list(validation.get("judges") or [])
+    who = f"one judge ({judges[0]})" if len(judges) == 1 else f"{len(judges)} judges ({', '.join(judges)}) fused by {validation.get('fusion')}"
+    held = validation.get("held_out") or {}
+    per_model = ", ".join(f"{m} {d['fused']['accuracy']:.3f}" for m, d in held.items() if "fused" in d)
+    worst = validation.get("worst_held_out") or {}
+    line = f"Verdicts come from {who}."
+    if per_model:
+        line += (f" Leave-one-model-out accuracy on XSTest's human labels, each model held out: {per_model}"
+                 f" (worst: {worst.get('model')} {worst.get('accuracy')}).")  # fmt: skip
+    return [line, ""]
+
+
+def render(
+    res: Results, plots_link: str | None = None, judge: dict[str, Any] | None = None, validation: dict[str, Any] | None = None
+) -> str:
     """The markdown report; call res.compute_deltas first. plots_link: plots dir relative to the report."""
     if not res.models or not res.suites:
         raise InputError("report needs at least one model (eval.models) and one suite (eval.suites)")
@@ -477,7 +495,7 @@ def render(res: Results, plots_link: str | None = None, judge: dict[str, Any] | 
             lines += ["", f"### {suite}", "", *xstest_table(res, suite)]
     else:
         lines.append("**No XSTest suite in eval.suites: the out-of-domain headline is missing.** Add `xstest` to eval.suites.")
-    lines += ["", "## Judge", "", *judge_lines(res, judge), "", "## By partition"]
+    lines += ["", "## Judge", "", *validation_lines(validation), *judge_lines(res, judge), "", "## By partition"]
     for suite in res.suites:
         lines += ["", f"### {suite}", "", *partition_table(res, suite)]
     lines += ["", "## Safety/utility frontier", "", *frontier_table(res)]
