@@ -209,28 +209,6 @@ def test_a_prompt_with_both_labels_is_never_sent() -> None:
 # --- stage -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer Llama with the SmolLM2 tokenizer (from the shipped GGUF)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from libra.llm.local import smollm2_gguf
-
-    base = tmp_path_factory.mktemp("tiny") / "base"
-    gguf = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    return base
-
-
 def run_augment(tmp_path: Path, base: Path, augment: dict) -> subprocess.CompletedProcess[str]:
     train, compounds = make_tables()
     train.write_parquet(tmp_path / "train.parquet")

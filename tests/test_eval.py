@@ -49,33 +49,6 @@ def make_test_table() -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A 2-layer Llama with the SmolLM2 tokenizer (from the shipped GGUF), and a random LoRA adapter over it."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from libra.llm.local import smollm2_gguf
-
-    root = tmp_path_factory.mktemp("tiny")
-    base, adapter = root / "base", root / "dpo"
-    gguf = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    # init_lora_weights=False gives a non-zero B, so the merged model really differs from base.
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(adapter)
-    return base, adapter
-
-
 def test_unique_prompts_dedupes_and_sorts_by_stable_id() -> None:
     test = make_test_table()
     prompts = unique_prompts(test)
