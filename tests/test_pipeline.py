@@ -150,7 +150,8 @@ def test_beta_reruns_dpo_and_what_follows_only(project: Path, local_url: str) ->
 def test_rephrase_param_reruns_from_rephrase_with_no_repeated_llm_calls(project: Path, local_url: str) -> None:
     ran = _repro_after(project, local_url, "rephrase.max_pairs_per_seed", 1)
     assert "rephrase" in ran and "split" in ran
-    assert not {"catalog", "seeds", "triplets", "base_model", "classifier", "judge_validation", "suites@xstest"} & set(ran), ran
+    # suites@xstest may rerun (it reads the split for its overlap stats) but writes the same table
+    assert not {"catalog", "seeds", "triplets", "base_model", "classifier", "judge_validation"} & set(ran), ran
     usage = json.loads((project / "metrics/usage/rephrase.json").read_text())
     assert usage["requests"] == 0 and usage["cache_hits"] == usage["calls"], usage
 
