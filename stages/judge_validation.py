@@ -15,6 +15,7 @@ as llm.judge says; its usage goes to --usage.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from libra.config import load_params
@@ -52,6 +53,15 @@ def main() -> None:
 
     # Load
     directory = args.xstest or xstest_dir()
+    if not any(Path(directory).glob("completions_*.csv")):
+        # No human-labelled completions on this machine: the pipeline still runs, the rates stay
+        # raw, and every metrics file and the report say why.
+        reason = f"no XSTest completions_*.csv in {directory}; set judge_validation.xstest_dir to XSTest's folder"
+        print(f"warning: judge validation skipped: {reason}; judge-corrected rates will be null", file=sys.stderr)
+        write_usage(Usage(stage="judge-validation", model="none"), args.usage)
+        write_json({"source": str(directory), "available": False, "reason": reason,
+                    "judges": list(cfg.judges), "fusion": cfg.fusion}, args.out)  # fmt: skip
+        return
     data = load_xstest(directory)
 
     # Validate

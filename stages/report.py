@@ -71,7 +71,9 @@ def main() -> None:
             res.metrics[(model, suite)], res.judged[(model, suite)] = metrics, table
 
     if args.validation:
-        check_judge(res, JudgeFigures.load(args.validation).summary(), args.validation)
+        figures, _ = JudgeFigures.load_optional(args.validation)
+        if figures is not None:
+            check_judge(res, figures.summary(), args.validation)
     res.compute_deltas(bootstrap=params.score.bootstrap, seed=params.score.seed)
 
     plots = Path(args.plots)

@@ -39,8 +39,9 @@ def main() -> None:
     path = Path(args.judged)
     judged = read_parquet(path)
     model, suite = _name(judged, "model", path.parent.name), _name(judged, "suite", path.stem)
-    judge = JudgeFigures.load(args.validation) if args.validation else None
-    metrics = score(judged, judge=judge, bootstrap=params.score.bootstrap, seed=params.score.seed, source=str(path))
+    judge, why = JudgeFigures.load_optional(args.validation) if args.validation else (None, "")
+    extra = {"no_judge_reason": why} if why else {}
+    metrics = score(judged, judge=judge, bootstrap=params.score.bootstrap, seed=params.score.seed, source=str(path), **extra)
     write_json({"model": model, "suite": suite, "params_hash": params_hash(params.score), **metrics}, args.out)
     corrected = metrics["corrected"] or {}
     print(

@@ -27,6 +27,7 @@ from .conftest import ROOT, TINY_PROFILE, subprocess_env
 
 pytestmark = pytest.mark.slow
 MODELS, SUITES = ("base", "dpo"), ("in_domain", "xstest")
+HAVE_XSTEST = any((ROOT.parent / "shared" / "xstest").glob("completions_*.csv"))
 
 
 def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -86,7 +87,8 @@ def test_full_repro_writes_every_output(project: Path) -> None:
             m = json.loads((project / f"metrics/eval/{model}/{suite}.json").read_text())
             for key in ("safety", "utility", "overall"):
                 assert 0.0 <= m[key] <= 1.0, (model, suite, key)
-            assert m["corrected"] is not None, (model, suite)  # judge-corrected rates from the validation stage
+            # judge-corrected rates need XSTest's human-labelled completions beside the checkout
+            assert (m["corrected"] is not None) == HAVE_XSTEST, (model, suite, m["judge"])
     suite = pl.read_parquet(project / "data/suites/in_domain.parquet")
     assert set(suite["partition"]) == {"unseen_compound", "seen_compound", "robustness"}
     assert set(pl.read_parquet(project / "data/suites/xstest.parquet")["partition"]) == {"safe", "unsafe"}

@@ -338,3 +338,22 @@ def test_report_names_the_judge_and_its_held_out_accuracy() -> None:
     two = {**one, "judges": ["rules", "llm"]}
     assert "2 judges (rules, llm) fused by vote" in " ".join(validation_lines(two))
     assert validation_lines(None) == []
+
+
+def test_without_labelled_data_the_pipeline_runs_with_raw_rates_and_says_why(tmp_path: Path) -> None:
+    empty = tmp_path / "no-xstest"
+    empty.mkdir()
+    validation = tmp_path / "validation.json"
+    proc = run_stage("judge_validation.py", "--xstest", empty, "--out", validation, "--usage", tmp_path / "usage.json")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "judge validation skipped" in proc.stderr
+    assert json.loads(validation.read_text())["available"] is False
+    judged = tmp_path / "judged" / "base" / "in_domain.parquet"
+    judged.parent.mkdir(parents=True)
+    table(block("illegitimate", 3, 7) + block("legitimate", 1, 9)).write_parquet(judged)
+    out = tmp_path / "base.json"
+    proc = run_stage("score.py", "--judged", judged, "--validation", validation, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics["corrected"] is None and "no XSTest completions" in metrics["judge"]["reason"]
+    assert metrics["safety"] == 0.3

@@ -450,6 +450,9 @@ def validation_lines(validation: dict[str, Any] | None) -> list[str]:
     if not validation:
         return []
     judges = list(validation.get("judges") or [])
+    if validation.get("available") is False:
+        return [f"Verdicts come from {'one judge (' + judges[0] + ')' if len(judges) == 1 else ', '.join(judges)}; "
+                f"it was not validated here: {validation.get('reason')}.", ""]
     who = f"one judge ({judges[0]})" if len(judges) == 1 else f"{len(judges)} judges ({', '.join(judges)}) fused by {validation.get('fusion')}"
     held = validation.get("held_out") or {}
     per_model = ", ".join(f"{m} {d['fused']['accuracy']:.3f}" for m, d in held.items() if "fused" in d)

@@ -116,6 +116,15 @@ class JudgeFigures:
             raise InputError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno}); rebuild it with `dvc repro judge_validation`") from None
         return cls.from_dict(data, str(p))
 
+    @classmethod
+    def load_optional(cls, path: str | Path) -> tuple["JudgeFigures | None", str]:
+        """The figures, or None and the reason when the validation stage had no labelled data."""
+        p = Path(path)
+        data = json.loads(p.read_text()) if p.exists() else None
+        if isinstance(data, dict) and data.get("available") is False:
+            return None, f"no judge validation: {data.get('reason', 'no labelled data')} ({p})"
+        return cls.load(p), ""
+
     def summary(self) -> dict[str, Any]:
         return {
             "sensitivity": _round(self.sensitivity),
