@@ -51,8 +51,13 @@ def make_project(dest: Path) -> Path:
     # DVC outputs committed by a real run (dvc.lock, metrics) are regenerated here.
     (dest / "dvc.lock").unlink(missing_ok=True)
     shutil.copy(TINY_PROFILE, dest / "params.yaml")
-    # XSTest's completions lie beside the checkout, not in it: point the copy at them.
-    set_param(dest, "judge_validation.xstest_dir", str(ROOT.parent / "shared" / "xstest"))
+    # XSTest's completions lie beside the checkout, not in it: point the copy at them, or (on a
+    # machine without them) at an empty folder, so the pipeline runs with raw rates only.
+    xstest = ROOT.parent / "shared" / "xstest"
+    if not HAVE_XSTEST:
+        xstest = dest.parent / "no-xstest"
+        xstest.mkdir(exist_ok=True)
+    set_param(dest, "judge_validation.xstest_dir", str(xstest))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         sh(cmd, dest)
     return dest
