@@ -338,6 +338,8 @@ def test_report_names_the_judge_and_its_held_out_accuracy() -> None:
     two = {**one, "judges": ["rules", "llm"]}
     assert "2 judges (rules, llm) fused by vote" in " ".join(validation_lines(two))
     assert validation_lines(None) == []
+    missing = {"available": False, "reason": "no XSTest completions_*.csv in /x", "judges": ["rules"], "fusion": "vote"}
+    assert "one judge (rules); it was not validated here: no XSTest" in " ".join(validation_lines(missing))
 
 
 def test_without_labelled_data_the_pipeline_runs_with_raw_rates_and_says_why(tmp_path: Path) -> None:
