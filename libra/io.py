@@ -92,6 +92,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def prompt_id(prompt: str) -> str:
+    """A stable id for a prompt: sha256 of its text, 16 hex digits, the same across runs and machines."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """The hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()

@@ -27,7 +27,6 @@ The answers are those of `transformers`' `generate` up to floating-point summati
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from libra.errors import InputError, LibraError, ParamsError
+from libra.io import prompt_id  # noqa: F401  (re-exported: the suites and answer tables share these ids)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -61,11 +61,6 @@ SAMPLING_TEMPERATURE = 0.7
 COMPACT_SHARE = 0.125
 
 _SCALED = re.compile(r"^dpo~(\d+(?:\.\d+)?)$")
-
-
-def prompt_id(prompt: str) -> str:
-    """A stable id for a prompt: the same text always gets the same id, across runs and machines."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
 # --- models -----------------------------------------------------------------------------

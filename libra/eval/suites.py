@@ -23,7 +23,6 @@ Builtins:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import random
@@ -37,6 +36,7 @@ import polars as pl
 from libra.data.eval_templates import EVAL_TASK_PROMPTS, FRAMINGS, IDENTIFIER_NAMES, MULTIPART
 from libra.config import DEFAULT_SUITES, SuiteSpec, check_suites  # noqa: F401  (re-exported)
 from libra.errors import InputError, LibraError
+from libra.io import prompt_id
 
 if TYPE_CHECKING:
     from libra.config import SeedsParams
@@ -48,12 +48,6 @@ SUITE_COLUMNS = REQUIRED_COLUMNS + METADATA_COLUMNS
 USER_DEFAULT_PARTITION = "all"
 XSTEST_SIZE = 450
 ROBUSTNESS_FRAMINGS = ("hypothetical", "fiction", "role", "override", "smiles", "iupac", "cas", "multipart")
-
-def prompt_id(prompt: str) -> str:
-    """sha256(prompt)[:16], the same id as libra.eval.answer.prompt_id (a test checks they agree);
-    defined here so the suites stage does not import the answer stage's model code."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
-
 
 
 

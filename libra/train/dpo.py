@@ -37,7 +37,7 @@ from trl import DPOConfig
 
 from libra.config import DPOParams, params_hash
 from libra.errors import InputError, ParamsError
-from libra.io import write_json
+from libra.io import sha256_file, write_json
 from libra.train.encode import pack_pairs
 from libra.train.precision import Precision
 from libra.train.ref_logps import pair_logps
@@ -274,20 +274,12 @@ def training_dataset(encoded: pl.DataFrame, ref: pl.DataFrame, ref_source: str) 
     return Dataset.from_dict(joined.drop("pair_id").to_dict(as_series=False))
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_fingerprint(params: DPOParams, world: int, model_dir: Path, inputs: list[Path]) -> str:
     """What a checkpoint belongs to: params that shape training, world size, base model and data."""
     shaping = {k: v for k, v in params.model_dump(mode="json").items() if k not in RESUME_NEUTRAL}
     base = [model_dir / n for n in ("config.json", "libra_source.json", "model.safetensors") if (model_dir / n).exists()]
     # The weights file is large; its size and the provenance record identify it well enough.
-    digests = [_file_digest(p) if p.suffix != ".safetensors" else str(p.stat().st_size) for p in base + inputs]
+    digests = [sha256_file(p) if p.suffix != ".safetensors" else str(p.stat().st_size) for p in base + inputs]
     blob = json.dumps({"params": shaping, "world": world, "files": digests}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
