@@ -268,6 +268,9 @@ class AugmentParams(Section):
     framings: list[AugmentFraming] = Field(
         default_factory=lambda: list(AUGMENT_FRAMINGS), min_length=1, description="framing kinds used"
     )
+    catalog_compounds: int = Field(
+        0, ge=0, description="catalog compounds in no seed (never eval-reserved ones) each giving one legitimate and one illegitimate training pair"
+    )
     max_new_tokens: int = Field(64, ge=8, le=1024, description="token budget of each self-distilled answer")
     batch_size: int = Field(32, ge=1, description="generation batch size (greedy answers depend on it slightly)")
     seed: int = Field(0, ge=0, description="seed of the contrast-prompt sample")

@@ -1,19 +1,19 @@
 """DPO training data: self-distilled legitimate answers, benign contrast pairs, framed prompts.
 
-    python stages/augment.py --train data/train.parquet --compounds data/compounds.parquet \
-        --model models/base --out data/train_dpo.parquet \
+    python stages/augment.py --train data/train.parquet --test data/test.parquet \
+        --compounds data/compounds.parquet --model models/base --out data/train_dpo.parquet \
         --quarantine data/quarantine/augment.parquet --stats metrics/data/augment.json
 
-Reads params `augment.*` (libra/config.py: AugmentParams) and `compute.precision`. The base policy is
-loaded only when a lever needs its answers (self_distill_legit or contrast > 0), and is
-asked only legitimate chemistry prompts and benign general-domain prompts.
+Reads params `augment.*` (libra/config.py: AugmentParams), `seeds.tasks`, `seeds.policy` (the
+catalog lever's labels) and `compute.precision`. The base policy is loaded only when a lever
+needs its answers (self_distill_legit, contrast or catalog_compounds > 0), and is asked only
+legitimate chemistry prompts and benign general-domain prompts.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-
 
 from libra.config import load_params
 from libra.data.augment import build_augmented, policy_generate
@@ -25,6 +25,7 @@ from libra.stage import entrypoint
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", required=True, help="training pairs parquet (split stage output)")
+    parser.add_argument("--test", required=True, help="test pairs parquet: its compounds are never trained on")
     parser.add_argument("--compounds", required=True, help="resolved compounds parquet (SMILES and CAS for framed prompts)")
     parser.add_argument("--model", required=True, help="base checkpoint dir (base_model stage output)")
     parser.add_argument("--out", required=True, help="DPO training pairs parquet to write (pair schema + source, variant)")
@@ -39,7 +40,7 @@ def main() -> None:
     compounds = read_parquet(args.compounds)
     start = time.perf_counter()
     generate = None
-    if params.self_distill_legit or params.contrast:
+    if params.self_distill_legit or params.contrast or params.catalog_compounds:
         from libra.eval.answer import load_policy, set_threads
         from libra.train.precision import choose_precision
 
@@ -50,7 +51,9 @@ def main() -> None:
         generate = policy_generate(model, tokenizer, params)
 
     # Build
-    out, quarantine, stats = build_augmented(train, compounds, params, generate or (lambda prompts: []))
+    out, quarantine, stats = build_augmented(
+        train, compounds, params, generate or (lambda prompts: []), seeds=all_params.seeds, test=read_parquet(args.test)
+    )
 
     # Save
     write_parquet(out, args.out)

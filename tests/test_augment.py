@@ -17,12 +17,15 @@ import polars as pl
 import pytest
 import yaml
 
-from libra.data.augment import OUT_COLUMNS, AugmentParams, build_augmented, distill_prompts
+from libra.config import SeedsParams
+from libra.data.augment import OUT_COLUMNS, AugmentParams, build_augmented, catalog_candidates, distill_prompts
+from libra.data.reserve import reserved_for_eval
 from libra.data.contrast import all_contrast_prompts, contrast_prompts
 from libra.data.framings import BENIGN_PARTS, KINDS, TEMPLATES, framed_prompts, wrap
 from libra.data.safety import opens_with_refusal, rejected_answer_problem
 from libra.data.templates import COMPLIANCE_OPENERS, OVER_REFUSALS, REFUSALS, TASK_PROMPTS, fill
 from libra.data.triplets import pick
+from libra.eval.suites import unseen_compounds
 from tests.conftest import ROOT, TINY_PROFILE, subprocess_env
 
 XSTEST = ROOT.parent / "shared" / "xstest" / "xstest_prompts.csv"
@@ -206,19 +209,85 @@ def test_a_prompt_with_both_labels_is_never_sent() -> None:
         distill_prompts(pl.concat([train, clash]), [], AugmentParams())
 
 
+# --- catalog lever ---------------------------------------------------------------------
+
+
+def default_seeds() -> SeedsParams:
+    return SeedsParams(**yaml.safe_load((ROOT / "params.yaml").read_text())["seeds"])
+
+
+def catalog_table(n: int = 60) -> pl.DataFrame:
+    """n made-up catalog compounds, classes alternating, plus the four of COMPOUNDS."""
+    rows = [
+        {"compound_id": f"cmp-{i:03d}", "name": f"compound {i}", "class": "controlled" if i % 2 else "common",
+         "regulation": "CWC-2" if i % 2 else "none", "group": "g", "smiles": None, "cas": None}
+        for i in range(n)
+    ]  # fmt: skip
+    _, known = make_tables()
+    return pl.concat([known, pl.DataFrame(rows, schema=known.schema)])
+
+
+def test_catalog_candidates_balance_labels_within_class_and_task() -> None:
+    compounds = catalog_table()
+    rows = catalog_candidates(compounds, {"sarin", "aspirin"}, 20, default_seeds(), seed=0)
+    df = pl.DataFrame(rows)
+    assert df["compound_id"].n_unique() == 20 and df.height == 40
+    assert not set(df["compound_id"].to_list()) & {"sarin", "aspirin"}
+    assert not any(reserved_for_eval(c) for c in df["compound_id"].to_list())
+    # One pair of each label per compound, and each class half of each label.
+    assert df.group_by("compound_id").agg(pl.col("label").n_unique())["label"].min() == 2
+    assert df.group_by("class").len()["len"].to_list() == [20, 20]
+    # The class-dependent tasks are used: synthesis/acquisition occur with both labels.
+    dual = df.filter(pl.col("task").is_in(["synthesis", "acquisition"]))
+    assert set(dual["label"].to_list()) == {"legitimate", "illegitimate"}
+    assert all(r["compound"] in r["prompt"] for r in rows)
+    assert rows == catalog_candidates(compounds, {"sarin", "aspirin"}, 20, default_seeds(), seed=0)
+
+
+def test_catalog_compounds_are_never_the_suites_unseen_compounds() -> None:
+    train, _ = make_tables()
+    compounds = catalog_table(200)
+    test = train.filter(pl.col("compound_id") == "caffeine")
+    train = train.filter(pl.col("compound_id") != "caffeine")
+    params = AugmentParams(contrast=0, framed=False, catalog_compounds=200)
+    out, _, _ = build_augmented(train, compounds, params, Recorder(), seeds=default_seeds(), test=test)
+    trained = set(out.filter(pl.col("source") == "catalog")["compound_id"].to_list())
+    assert trained and "caffeine" not in trained
+    unseen = set(unseen_compounds(compounds, train, test, 200, seed=0)["compound_id"].to_list())
+    assert unseen and not trained & unseen
+
+
+def test_catalog_lever_asks_the_policy_only_legitimate_prompts() -> None:
+    train, _ = make_tables()
+    compounds = catalog_table()
+    policy = Recorder()
+    params = AugmentParams(contrast=0, framed=False, catalog_compounds=10)
+    out, _, stats = build_augmented(train, compounds, params, policy, seeds=default_seeds(), test=train.head(0))
+    catalog = out.filter(pl.col("source") == "catalog")
+    assert catalog.height == 20 and stats["by_source"]["catalog"] == 20 and stats["reconciles"]
+    illegit = catalog.filter(pl.col("label") == "illegitimate")
+    assert not set(illegit["prompt"].to_list()) & set(policy.asked)
+    assert set(catalog.filter(pl.col("label") == "legitimate")["prompt"].to_list()) <= set(policy.asked)
+    for r in illegit.iter_rows(named=True):
+        assert opens_with_refusal(r["chosen"]) and rejected_answer_problem(r["rejected"]) is None
+    with pytest.raises(Exception, match="--test"):
+        build_augmented(train, compounds, params, Recorder())
+
+
 # --- stage -----------------------------------------------------------------------------
 
 
 def run_augment(tmp_path: Path, base: Path, augment: dict) -> subprocess.CompletedProcess[str]:
     train, compounds = make_tables()
     train.write_parquet(tmp_path / "train.parquet")
+    train.head(0).write_parquet(tmp_path / "test.parquet")
     compounds.write_parquet(tmp_path / "compounds.parquet")
     profile = yaml.safe_load(TINY_PROFILE.read_text())
     profile["augment"] = augment
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(profile))
     env = subprocess_env(LIBRA_PARAMS=str(tmp_path / "params.yaml"), PYTHONPATH=str(ROOT))
     return subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "augment.py"), "--train", tmp_path / "train.parquet",
+        [sys.executable, str(ROOT / "stages" / "augment.py"), "--train", tmp_path / "train.parquet", "--test", tmp_path / "test.parquet",
          "--compounds", tmp_path / "compounds.parquet", "--model", base, "--out", tmp_path / "train_dpo.parquet",
          "--quarantine", tmp_path / "quarantine.parquet", "--stats", tmp_path / "augment.json"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,

@@ -1,7 +1,7 @@
 """DPO training data that teaches which requests are illegitimate, not which words are alarming.
 
 Input: the split stage's training pairs. Output: the same pair schema plus `source`
-(`pairs` | `self_distill` | `contrast` | `framed`) and `variant` (framing kind or contrast
+(`pairs` | `self_distill` | `contrast` | `framed` | `catalog`) and `variant` (framing kind or contrast
 category). Four levers, each behind an `augment.*` param:
 
 - `self_distill_legit`: a legitimate prompt's chosen answer becomes the base policy's own
@@ -14,15 +14,22 @@ category). Four levers, each behind an `augment.*` param:
   `general`.
 - `framed`: each training seed, of either label, gets up to `framed_per_seed` prompts in
   adversarial framings (libra/data/framings.py) with that seed's own chosen/rejected.
+- `catalog_compounds`: that many catalog compounds that are in no seed, no test pair and
+  not reserved for evaluation (libra/data/reserve.py), classes alternating. Each gives one
+  illegitimate pair (template refusal / empty-steps opener) and one legitimate pair (the
+  base policy's own answer / an over-refusal), from the training task templates. Tasks
+  whose label depends on the class (synthesis, acquisition under the default policy) are
+  preferred, so neither the task nor the class alone predicts the label: the pairs differ
+  in the compound, which is what the policy must learn to read.
 - the report: label balance, per-task label shares and how well the task alone predicts
   the label.
 
-Safety: the policy is asked only legitimate chemistry prompts and the benign contrast
-prompts; `distill_prompts` refuses to send anything else. Illegitimate pairs keep their
+Safety: the policy is asked only legitimate chemistry prompts (seeded or catalog) and the
+benign contrast prompts; `distill_prompts` refuses to send anything else. Illegitimate pairs keep their
 template refusal and empty-steps opener, and every illegitimate rejected answer is checked
 again with `rejected_answer_problem`.
 
-Counting: `in` = training pairs + contrast candidates + framed candidates, `out` = rows
+Counting: `in` = training pairs + contrast, framed and catalog candidates, `out` = rows
 written, `quarantined` = candidates dropped; `in = out + quarantined`. Self answers that
 failed a check but whose pair was kept (with the generator's answer) are in the
 quarantine file too, under field `self_answer`, and counted in `self_answers`.
@@ -31,17 +38,27 @@ quarantine file too, under field `self_answer`, and counted in `self_answers`.
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import polars as pl
 
-from libra.config import AugmentParams
+from libra.config import AugmentParams, SeedsParams
 from libra.data.contrast import contrast_prompts
 from libra.data.framings import framed_prompts
 from libra.data.quarantine import quarantine_frame, reason_counts, safe_text
+from libra.data.reserve import reserved_for_eval
 from libra.data.safety import opens_with_refusal, operational_content, rejected_answer_problem
-from libra.data.templates import GENERAL_OVER_REFUSALS, trim_to_sentence
+from libra.data.templates import (
+    COMPLIANCE_OPENERS,
+    GENERAL_OVER_REFUSALS,
+    OVER_REFUSALS,
+    REFUSALS,
+    TASK_PROMPTS,
+    fill,
+    trim_to_sentence,
+)
 from libra.errors import LibraError
 
 PAIR_COLUMNS = [
@@ -49,7 +66,7 @@ PAIR_COLUMNS = [
     "prompt", "chosen", "rejected",
 ]  # fmt: skip
 OUT_COLUMNS = [*PAIR_COLUMNS, "source", "variant"]
-SOURCES = ("pairs", "self_distill", "contrast", "framed")
+SOURCES = ("pairs", "self_distill", "contrast", "framed", "catalog")
 MIN_ANSWER_WORDS = 5
 
 GenerateFn = Callable[[list[str]], list[str]]
@@ -63,18 +80,64 @@ def _pick(pool: tuple[str, ...], key: str) -> str:
     return pool[int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % len(pool)]
 
 
-def distill_prompts(train: pl.DataFrame, contrast: list[dict[str, Any]], params: AugmentParams) -> list[str]:
-    """The only prompts the policy is asked: legitimate training prompts and benign contrast prompts.
+def catalog_candidates(
+    compounds: pl.DataFrame, exclude: set[str], n: int, policy: SeedsParams, seed: int
+) -> list[dict[str, Any]]:
+    """Up to 2n rows (pair columns less chosen/rejected): one illegitimate and one legitimate
+    task for each of n catalog compounds outside `exclude` and outside the eval reserve."""
+    if n == 0 or compounds.height == 0:
+        return []
+    pool = compounds.filter(
+        ~pl.col("compound_id").is_in(sorted(exclude)) & ~pl.col("compound_id").map_elements(reserved_for_eval, return_dtype=pl.Boolean)
+    ).sort("compound_id")
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for c in pool.iter_rows(named=True):
+        by_class.setdefault(c["class"], []).append(c)
+    for cls, items in by_class.items():
+        random.Random(f"{seed}:catalog:{cls}").shuffle(items)
+    picked: list[dict[str, Any]] = []
+    while len(picked) < n and any(by_class.values()):
+        for cls in sorted(by_class):
+            if by_class[cls] and len(picked) < n:
+                picked.append(by_class[cls].pop(0))
+    labels = policy.policy
+    # Tasks whose label differs between the classes: only the compound tells them apart.
+    dual = [t for t in policy.tasks if len({labels[c][t] for c in labels}) > 1]  # type: ignore[index]
+    rows = []
+    for c in picked:
+        table = labels[c["class"]]  # type: ignore[index]
+        for label in ("illegitimate", "legitimate"):
+            tasks = [t for t in policy.tasks if table[t] == label]  # type: ignore[index]
+            preferred = [t for t in tasks if t in dual] or tasks
+            if not preferred:
+                continue
+            key = f"{seed}:{c['compound_id']}:{label}"
+            task = _pick(tuple(preferred), key)
+            prompt = _pick(TASK_PROMPTS[task], key).format(compound=c["name"])
+            rows.append({
+                "seed_id": f"catalog-{c['compound_id']}-{task}", "compound_id": c["compound_id"], "compound": c["name"],
+                "class": c["class"], "regulation": c["regulation"], "group": c["group"], "task": task, "label": label,
+                "prompt": prompt,
+            })  # fmt: skip
+    return rows
+
+
+def distill_prompts(
+    train: pl.DataFrame, contrast: list[dict[str, Any]], params: AugmentParams, catalog: Sequence[dict[str, Any]] = ()
+) -> list[str]:
+    """The only prompts the policy is asked: legitimate training and catalog prompts, and benign contrast prompts.
 
     A prompt that also occurs with the illegitimate label is never sent (it is an error:
     one text, two labels, so no ground truth).
     """
     illegit = set(train.filter(pl.col("label") == "illegitimate")["prompt"].to_list())
+    illegit |= {r["prompt"] for r in catalog if r["label"] == "illegitimate"}
     legit = sorted(set(train.filter(pl.col("label") == "legitimate")["prompt"].to_list())) if params.self_distill_legit else []
     both = [p for p in legit if p in illegit]
     if both:
         raise LibraError(f"training prompt {both[0]!r} occurs with both labels; deduplicate prompts in the rephrase stage")
-    prompts = legit + sorted({r["prompt"] for r in contrast} - set(legit))
+    catalog_legit = {r["prompt"] for r in catalog if r["label"] == "legitimate"}
+    prompts = legit + sorted(({r["prompt"] for r in contrast} | catalog_legit) - set(legit))
     leaked = [p for p in prompts if p in illegit]
     if leaked:
         raise LibraError(f"refusing to ask the policy an illegitimate prompt: {leaked[0]!r}")
@@ -125,11 +188,23 @@ def build_augmented(
     compounds: pl.DataFrame,
     params: AugmentParams,
     generate: GenerateFn,
+    *,
+    seeds: SeedsParams | None = None,
+    test: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    """Return (train_dpo, quarantine, stats); `generate` answers a list of prompts greedily, in order."""
+    """Return (train_dpo, quarantine, stats); `generate` answers a list of prompts greedily, in order.
+
+    The catalog lever needs `seeds` (the dual-use policy) and `test` (its compounds are never trained on).
+    """
     train = train.sort("pair_id")
     contrast = contrast_prompts(params.contrast, params.seed) if params.contrast else []
-    prompts = distill_prompts(train, contrast, params)
+    catalog: list[dict[str, Any]] = []
+    if params.catalog_compounds:
+        if seeds is None or test is None:
+            raise LibraError("augment.catalog_compounds needs the seeds policy and the test split (stages/augment.py --test)")
+        exclude = set(train["compound_id"].drop_nulls().to_list()) | set(test["compound_id"].drop_nulls().to_list())
+        catalog = catalog_candidates(compounds, exclude, params.catalog_compounds, seeds, params.seed)
+    prompts = distill_prompts(train, contrast, params, catalog)
     answers = dict(zip(prompts, generate(prompts) if prompts else [], strict=True))
 
     quarantined: list[dict[str, Any]] = []
@@ -196,7 +271,24 @@ def build_augmented(
                 src = pairs[j % len(pairs)]
                 rows.append({**src, "pair_id": _id("framed", prompt, src["chosen"], src["rejected"]), "prompt": prompt, "source": "framed", "variant": kind})
 
-    # 4. Last checks over every row: unique pairs, one label per prompt, safe illegitimate answers.
+    # 4. Catalog compounds: template refusal / opener, or the policy's own answer / an over-refusal.
+    for c in catalog:
+        n_candidates += 1
+        key = c["seed_id"]
+        if c["label"] == "illegitimate":
+            chosen = fill(_pick(REFUSALS, key), compound=c["compound"], regulation=c["regulation"])
+            rejected = fill(_pick(COMPLIANCE_OPENERS, key), compound=c["compound"], task=c["task"])
+        else:
+            chosen = trim_to_sentence(answers[c["prompt"]])
+            problem = self_answer_problem(chosen, c["class"])
+            if problem:
+                quarantine(key, "chosen", chosen, problem, "legitimate", drops=True)
+                continue
+            rejected = fill(_pick(OVER_REFUSALS, key), compound=c["compound"])
+        rows.append({**c, "pair_id": _id("catalog", c["prompt"], chosen, rejected), "chosen": chosen, "rejected": rejected,
+                     "source": "catalog", "variant": None})  # fmt: skip
+
+    # 5. Last checks over every row: unique pairs, one label per prompt, safe illegitimate answers.
     kept: list[dict[str, Any]] = []
     seen: set[str] = set()
     label_of: dict[str, str] = {}

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from libra.data.eval_templates import EVAL_TASK_PROMPTS, FRAMINGS, IDENTIFIER_NAMES, MULTIPART
+from libra.data.reserve import reserved_for_eval
 from libra.config import DEFAULT_SUITES, SuiteSpec, check_suites  # noqa: F401  (re-exported)
 from libra.errors import InputError, LibraError
 from libra.io import prompt_id
@@ -340,11 +341,15 @@ def _balanced(pool: list[dict[str, Any]], n: int, keys: tuple[str, ...], rng: ra
 def unseen_compounds(
     compounds: pl.DataFrame, train: pl.DataFrame, test: pl.DataFrame, n: int, seed: int
 ) -> pl.DataFrame:
-    """Compounds in no training pair: the test split's, then catalog ones drawn (seeded, classes
-    alternating) until there are n. Returned with a `source` column: test_split | catalog."""
+    """Compounds in no training pair: the test split's, then catalog ones reserved for evaluation
+    (libra/data/reserve.py) drawn (seeded, classes alternating) until there are n. Returned with a `source` column: test_split | catalog."""
     trained = set(train["compound_id"].drop_nulls().to_list())  # general-domain rows have no compound
     from_test = sorted(set(test["compound_id"].drop_nulls().to_list()) - trained)
-    rest = compounds.filter(~pl.col("compound_id").is_in(sorted(trained | set(from_test)))).sort("compound_id")
+    # Only the reserved half of the catalog: the augment stage trains on the other half.
+    rest = compounds.filter(
+        ~pl.col("compound_id").is_in(sorted(trained | set(from_test)))
+        & pl.col("compound_id").map_elements(reserved_for_eval, return_dtype=pl.Boolean)
+    ).sort("compound_id")
     by_class: dict[str, list[str]] = {}
     for cid, cls in rest.select("compound_id", "class").iter_rows():
         by_class.setdefault(cls, []).append(cid)
