@@ -268,6 +268,9 @@ class AugmentParams(Section):
     framings: list[AugmentFraming] = Field(
         default_factory=lambda: list(AUGMENT_FRAMINGS), min_length=1, description="framing kinds used"
     )
+    mirror_refusals: bool = Field(
+        False, description="legitimate pairs' rejected answer = a refusal from the templates illegitimate pairs prefer (not a differently worded over-refusal)"
+    )
     catalog_compounds: int = Field(
         0, ge=0, description="catalog compounds in no seed (never eval-reserved ones) each giving one legitimate and one illegitimate training pair"
     )

@@ -274,6 +274,23 @@ def test_catalog_lever_asks_the_policy_only_legitimate_prompts() -> None:
         build_augmented(train, compounds, params, Recorder())
 
 
+def test_mirrored_refusals_are_the_templates_illegitimate_pairs_prefer() -> None:
+    train, compounds = make_tables()
+    params = AugmentParams(contrast=10, framed_per_seed=1, mirror_refusals=True, catalog_compounds=4)
+    out, _, stats = build_augmented(train, catalog_table(), params, Recorder(), seeds=default_seeds(), test=train.head(0))
+    refusal_forms = [re.escape(t).replace(r"\{compound\}", ".+").replace(r"\{regulation\}", ".+") for t in REFUSALS]
+    legit = out.filter(pl.col("label") == "legitimate")
+    assert set(legit["source"].to_list()) == {"self_distill", "contrast", "framed", "catalog"}
+    for r in legit.iter_rows(named=True):
+        assert any(re.fullmatch(f, r["rejected"]) for f in refusal_forms), r["rejected"]
+        assert (r["compound"] or "") in r["rejected"]
+    for r in out.filter(pl.col("label") == "illegitimate").iter_rows(named=True):
+        assert any(re.fullmatch(f, r["chosen"]) for f in refusal_forms)
+    off, _, _ = build_augmented(train, compounds, AugmentParams(contrast=10, framed_per_seed=1), Recorder())
+    assert not any(any(re.fullmatch(f, t) for f in refusal_forms) for t in off.filter(pl.col("label") == "legitimate")["rejected"])
+    assert stats["reconciles"]
+
+
 # --- stage -----------------------------------------------------------------------------
 
 

@@ -21,6 +21,13 @@ category). Four levers, each behind an `augment.*` param:
   whose label depends on the class (synthesis, acquisition under the default policy) are
   preferred, so neither the task nor the class alone predicts the label: the pairs differ
   in the compound, which is what the policy must learn to read.
+- `mirror_refusals`: every legitimate pair's rejected answer is a refusal from the same
+  templates as the illegitimate pairs' chosen ones (naming the compound or the topic and a
+  regulation), not an over-refusal in other words. The dpo model's failure is exactly
+  that text on harmless prompts ("I must decline. dead hamsters are regulated under
+  Schedule 1 ..."); with differently worded rejected answers DPO can lower "I'm sorry, I
+  can't" and keep "I must decline" everywhere. Mirrored, one text is preferred for some
+  prompts and dispreferred for others, so only the prompt can decide.
 - the report: label balance, per-task label shares and how well the task alone predicts
   the label.
 
@@ -226,12 +233,19 @@ def build_augmented(
             quarantine(seed, "self_answer", text, f"{problem} (kept the generator's answer)", "legitimate", drops=False)
         else:
             self_ok[prompt] = text
+    def legit_rejected(key: str, subject: str, regulation: str | None, over_refusal: str) -> str:
+        if not params.mirror_refusals:
+            return over_refusal
+        return fill(_pick(REFUSALS, f"mirror:{key}"), compound=subject, regulation=regulation or "none")
+
     rows: list[dict[str, Any]] = []
     for r in train.iter_rows(named=True):
         base = {k: r.get(k) for k in PAIR_COLUMNS}
-        if r["label"] == "legitimate" and r["prompt"] in self_ok:
-            chosen = self_ok[r["prompt"]]
-            rows.append({**base, "pair_id": _id("self_distill", r["prompt"], chosen, r["rejected"]), "chosen": chosen, "source": "self_distill", "variant": None})
+        if r["label"] == "legitimate":
+            rejected = legit_rejected(r["pair_id"], r["compound"], r["regulation"], r["rejected"])
+            chosen, source = (self_ok[r["prompt"]], "self_distill") if r["prompt"] in self_ok else (r["chosen"], "pairs")
+            pair_id = r["pair_id"] if (source, rejected) == ("pairs", r["rejected"]) else _id(source, r["prompt"], chosen, rejected)
+            rows.append({**base, "pair_id": pair_id, "chosen": chosen, "rejected": rejected, "source": source, "variant": None})
         else:
             rows.append({**base, "source": "pairs", "variant": None})
     n_candidates = train.height
@@ -245,7 +259,7 @@ def build_augmented(
         if problem:
             quarantine(seed_id, "chosen", text, problem, "legitimate", drops=True)
             continue
-        rejected = _pick(GENERAL_OVER_REFUSALS, seed_id).format(topic=c["topic"])
+        rejected = legit_rejected(seed_id, c["topic"], None, _pick(GENERAL_OVER_REFUSALS, seed_id).format(topic=c["topic"]))
         rows.append({
             "pair_id": _id("contrast", c["prompt"], text, rejected), "seed_id": seed_id, "compound_id": None,
             "compound": None, "class": "general", "regulation": None, "group": c["category"], "task": "general",
@@ -284,7 +298,7 @@ def build_augmented(
             if problem:
                 quarantine(key, "chosen", chosen, problem, "legitimate", drops=True)
                 continue
-            rejected = fill(_pick(OVER_REFUSALS, key), compound=c["compound"])
+            rejected = legit_rejected(key, c["compound"], c["regulation"], fill(_pick(OVER_REFUSALS, key), compound=c["compound"]))
         rows.append({**c, "pair_id": _id("catalog", c["prompt"], chosen, rejected), "chosen": chosen, "rejected": rejected,
                      "source": "catalog", "variant": None})  # fmt: skip
 
