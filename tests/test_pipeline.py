@@ -116,6 +116,12 @@ def test_data_outputs_are_safe_and_reconciled(project: Path) -> None:
         assert stats["in"] == stats["out"] + stats["quarantined"], stage
         q = pl.read_parquet(project / f"data/quarantine/{stage}.parquet")
         assert q.height == stats["quarantined"] and q["reason"].null_count() == 0
+    # The catalog lever trains on compounds outside the test split and the suite's unseen ones.
+    train_dpo = pl.read_parquet(project / "data/train_dpo.parquet")
+    catalog = set(train_dpo.filter(pl.col("source") == "catalog")["compound_id"].to_list())
+    suite = pl.read_parquet(project / "data/suites/in_domain.parquet")
+    unseen = set(suite.filter(pl.col("partition") != "seen_compound")["compound_id"].to_list())
+    assert catalog and not catalog & (unseen | set(test["compound_id"].to_list()))
     import datasets
 
     ds = datasets.load_dataset("parquet", data_files={"train": str(project / "data/train.parquet")})
