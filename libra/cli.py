@@ -6,6 +6,7 @@
     libra cache export PATH | merge PATH   # share it with a teammate
     libra serve --port 8080           # the embedded llama.cpp server, in the foreground
     libra judge --input IN.jsonl --output OUT.jsonl --judges rules,classifier,llm
+    libra frontier [--all-commits] [--plot PNG]   # safety/utility of every dvc experiment
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_frontier(args: argparse.Namespace) -> int:
+    from libra.eval.experiments import dvc_exp_table, experiment_points, frontier_markdown, plot_experiments
+
+    points = experiment_points(dvc_exp_table(all_commits=args.all_commits))
+    if not points:
+        raise LibraError("no experiment has metrics/eval/<model>/<suite>.json scores yet; run `dvc repro` or `dvc exp run` first")
+    sys.stdout.write(frontier_markdown(points))
+    if args.plot:
+        plot_experiments(points, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="libra", description="libra: dual-use safety/utility alignment pipeline (the pipeline itself runs with `dvc repro`).")
     parser.add_argument("--params", default=None, help="params file (default: $LIBRA_PARAMS or ./params.yaml)")
@@ -107,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --output file")
     p.add_argument("--classifier", default="models/judge_classifier.joblib", help="trained classifier (default: %(default)s; `dvc repro classifier` makes it)")
     p.set_defaults(func=_cmd_judge)
+
+    p = sub.add_parser("frontier", help="safety and utility of every dvc experiment, per model and suite (a table, and a plot)")
+    p.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
+    p.add_argument("--plot", default=None, help="also write a safety-against-utility plot here (PNG)")
+    p.set_defaults(func=_cmd_frontier)
     return parser
 
 
