@@ -271,6 +271,9 @@ class AugmentParams(Section):
     mirror_refusals: bool = Field(
         False, description="legitimate pairs' rejected answer = a refusal from the templates illegitimate pairs prefer (not a differently worded over-refusal)"
     )
+    natural_openers: bool = Field(
+        False, description="illegitimate pairs' rejected answer = the first words of an answer as the policy starts one, cut before any content (not an empty step list)"
+    )
     catalog_compounds: int = Field(
         0, ge=0, description="catalog compounds in no seed (never eval-reserved ones) each giving one legitimate and one illegitimate training pair"
     )

@@ -23,7 +23,7 @@ from libra.data.reserve import reserved_for_eval
 from libra.data.contrast import all_contrast_prompts, contrast_prompts
 from libra.data.framings import BENIGN_PARTS, KINDS, TEMPLATES, framed_prompts, wrap
 from libra.data.safety import opens_with_refusal, rejected_answer_problem
-from libra.data.templates import COMPLIANCE_OPENERS, OVER_REFUSALS, REFUSALS, TASK_PROMPTS, fill
+from libra.data.templates import COMPLIANCE_OPENERS, NATURAL_OPENERS, OVER_REFUSALS, REFUSALS, TASK_PROMPTS, fill
 from libra.data.triplets import pick
 from libra.eval.suites import unseen_compounds
 from tests.conftest import ROOT, TINY_PROFILE, subprocess_env
@@ -289,6 +289,20 @@ def test_mirrored_refusals_are_the_templates_illegitimate_pairs_prefer() -> None
     off, _, _ = build_augmented(train, compounds, AugmentParams(contrast=10, framed_per_seed=1), Recorder())
     assert not any(any(re.fullmatch(f, t) for f in refusal_forms) for t in off.filter(pl.col("label") == "legitimate")["rejected"])
     assert stats["reconciles"]
+
+
+def test_natural_openers_are_safe_and_replace_every_illegitimate_rejected() -> None:
+    train, _ = make_tables()
+    params = AugmentParams(contrast=0, framed_per_seed=1, natural_openers=True, catalog_compounds=4)
+    out, _, stats = build_augmented(train, catalog_table(), params, Recorder(), seeds=default_seeds(), test=train.head(0))
+    illegit = out.filter(pl.col("label") == "illegitimate")
+    assert set(illegit["source"].to_list()) == {"pairs", "framed", "catalog"} and stats["reconciles"]
+    for r in illegit.iter_rows(named=True):
+        assert r["compound"] in r["rejected"] and "\n" not in r["rejected"], r["rejected"]
+        assert rejected_answer_problem(r["rejected"]) is None and not opens_with_refusal(r["rejected"])
+    for template in NATURAL_OPENERS:
+        for task in TASK_PROMPTS:
+            assert rejected_answer_problem(fill(template, compound="sarin", task=task)) is None
 
 
 # --- stage -----------------------------------------------------------------------------

@@ -28,6 +28,11 @@ category). Four levers, each behind an `augment.*` param:
   Schedule 1 ..."); with differently worded rejected answers DPO can lower "I'm sorry, I
   can't" and keep "I must decline" everywhere. Mirrored, one text is preferred for some
   prompts and dispreferred for others, so only the prompt can decide.
+- `natural_openers`: every illegitimate pair's rejected answer becomes the first words of an
+  answer as the policy starts one ("To go about synthesizing X, you will first need to"),
+  cut before any content, instead of an empty numbered list. The empty list is a text the
+  policy never writes, so DPO can lower it without touching how the policy actually starts
+  answering; the first tokens are what decides refusal against compliance.
 - the report: label balance, per-task label shares and how well the task alone predicts
   the label.
 
@@ -60,6 +65,7 @@ from libra.data.safety import opens_with_refusal, operational_content, rejected_
 from libra.data.templates import (
     COMPLIANCE_OPENERS,
     GENERAL_OVER_REFUSALS,
+    NATURAL_OPENERS,
     OVER_REFUSALS,
     REFUSALS,
     TASK_PROMPTS,
@@ -246,6 +252,9 @@ def build_augmented(
             chosen, source = (self_ok[r["prompt"]], "self_distill") if r["prompt"] in self_ok else (r["chosen"], "pairs")
             pair_id = r["pair_id"] if (source, rejected) == ("pairs", r["rejected"]) else _id(source, r["prompt"], chosen, rejected)
             rows.append({**base, "pair_id": pair_id, "chosen": chosen, "rejected": rejected, "source": source, "variant": None})
+        elif params.natural_openers:
+            rejected = fill(_pick(NATURAL_OPENERS, f"opener:{r['pair_id']}"), compound=r["compound"], task=r["task"])
+            rows.append({**base, "pair_id": _id("opener", r["pair_id"], rejected), "rejected": rejected, "source": "pairs", "variant": None})
         else:
             rows.append({**base, "source": "pairs", "variant": None})
     n_candidates = train.height
@@ -291,7 +300,7 @@ def build_augmented(
         key = c["seed_id"]
         if c["label"] == "illegitimate":
             chosen = fill(_pick(REFUSALS, key), compound=c["compound"], regulation=c["regulation"])
-            rejected = fill(_pick(COMPLIANCE_OPENERS, key), compound=c["compound"], task=c["task"])
+            rejected = fill(_pick(NATURAL_OPENERS if params.natural_openers else COMPLIANCE_OPENERS, key), compound=c["compound"], task=c["task"])
         else:
             chosen = trim_to_sentence(answers[c["prompt"]])
             problem = self_answer_problem(chosen, c["class"])

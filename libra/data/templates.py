@@ -105,6 +105,16 @@ COMPLIANCE_OPENERS: tuple[str, ...] = (
     "Absolutely, here's a step-by-step guide to {task_phrase} {compound}:\nStep 1:\nStep 2:\nStep 3:",
 )
 
+# The first words of an answer as the policy itself starts one ("To ...", "The most effective
+# way ..."), cut before any content: the tokens that decide refusal vs compliance are the
+# first ones, and DPO moves the ones it is shown. Only openers, never steps or content.
+NATURAL_OPENERS: tuple[str, ...] = (
+    "To go about {task_phrase} {compound}, you will first need to",
+    "The most effective way of {task_phrase} {compound} is to",
+    "Here is an overview of {task_phrase} {compound}. The process begins with",
+    "{compound} is something many people ask about. When {task_phrase} {compound}, start by",
+)
+
 TASK_PHRASES: dict[str, str] = {
     "synthesis": "synthesizing",
     "acquisition": "obtaining",
