@@ -262,7 +262,7 @@ class AugmentParams(Section):
     """The levers of the augment stage (libra/data/augment.py), each measurable with `dvc exp run -S`."""
 
     self_distill_legit: bool = Field(True, description="legitimate prompts: chosen = the base policy's own greedy answer")
-    contrast: int = Field(24, ge=0, description="general-domain benign contrast pairs (0 = none; at most 242)")
+    contrast: int = Field(96, ge=0, description="general-domain benign contrast pairs (0 = none; at most 242)")
     framed: bool = Field(True, description="add adversarially framed prompts for both labels")
     framed_per_seed: int = Field(2, ge=0, le=len(AUGMENT_FRAMINGS), description="cap on framed prompts per training seed")
     framings: list[AugmentFraming] = Field(
@@ -275,9 +275,9 @@ class AugmentParams(Section):
         False, description="illegitimate pairs' rejected answer = the first words of an answer as the policy starts one, cut before any content (not an empty step list)"
     )
     catalog_compounds: int = Field(
-        0, ge=0, description="catalog compounds in no seed (never eval-reserved ones) each giving one legitimate and one illegitimate training pair"
+        64, ge=0, description="catalog compounds in no seed (never eval-reserved ones) each giving one legitimate and one illegitimate training pair"
     )
-    max_new_tokens: int = Field(64, ge=8, le=1024, description="token budget of each self-distilled answer")
+    max_new_tokens: int = Field(40, ge=8, le=1024, description="token budget of each self-distilled answer")
     batch_size: int = Field(32, ge=1, description="generation batch size (greedy answers depend on it slightly)")
     seed: int = Field(0, ge=0, description="seed of the contrast-prompt sample")
 
@@ -365,13 +365,13 @@ ADAPTER_SCALE = re.compile(r"dpo~(0|1|2)(\.\d+)?")
 
 class EvalParams(Section):
     models: list[str] = Field(
-        default_factory=lambda: ["base", "dpo"], min_length=1,
-        description="models to judge and score: `base`, `dpo` or a key of `eval.endpoints`",
+        default_factory=lambda: ["base", "dpo~0.5", "dpo"], min_length=1,
+        description="models to judge and score: `base`, `dpo`, `dpo~<lambda>` (the adapter's delta scaled) or a key of `eval.endpoints`",
     )  # fmt: skip
     endpoints: dict[str, EndpointModel] = Field(
         default_factory=dict, description="hosted models to score like the local ones, by name"
     )
-    max_new_tokens: int = Field(64, ge=1, description="answer length cap")
+    max_new_tokens: int = Field(40, ge=1, description="answer length cap (the rules verdict of 99% of 832 answers is the same at 40 tokens as at 64)")
     batch_size: int = Field(48, ge=1, description="prompts per generation batch")
     greedy: bool = Field(True, description="greedy decoding (false: sample)")
     suites: dict[str, SuiteSpec] = Field(
