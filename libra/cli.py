@@ -77,9 +77,9 @@ def _cmd_judge(args: argparse.Namespace) -> int:
 
 
 def _cmd_frontier(args: argparse.Namespace) -> int:
-    from libra.eval.experiments import dvc_exp_table, experiment_points, frontier_markdown, plot_experiments
+    from libra.eval.experiments import distinct, dvc_exp_table, experiment_points, frontier_markdown, plot_experiments
 
-    points = experiment_points(dvc_exp_table(all_commits=args.all_commits))
+    points = distinct(experiment_points(dvc_exp_table(all_commits=args.all_commits)))
     if not points:
         raise LibraError("no experiment has metrics/eval/<model>/<suite>.json scores yet; run `dvc repro` or `dvc exp run` first")
     sys.stdout.write(frontier_markdown(points))

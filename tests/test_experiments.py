@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from libra.errors import LibraError
-from libra.eval.experiments import dvc_exp_table, experiment_points, frontier_markdown, plot_experiments
+from libra.eval.experiments import distinct, dvc_exp_table, experiment_points, frontier_markdown, plot_experiments
 
 TABLE = (
     "Experiment,rev,State,dpo.beta,metrics/eval/dpo/in_domain.json:safety,metrics/eval/dpo/in_domain.json:utility,"
@@ -35,3 +35,9 @@ def test_plot_is_written(tmp_path) -> None:
 def test_outside_a_dvc_project_the_error_names_the_command(tmp_path) -> None:
     with pytest.raises(LibraError, match="dvc exp show"):
         dvc_exp_table(cwd=tmp_path)
+
+
+def test_runs_repeating_their_parents_scores_are_listed_once() -> None:
+    repeated = TABLE + "exp-c,0123abc,Success,0.3,0.625,0.5,0.5,,\n"
+    names = [p.experiment for p in distinct(experiment_points(repeated))]
+    assert names == ["workspace", "workspace", "exp-a"]

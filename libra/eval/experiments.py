@@ -60,6 +60,21 @@ def experiment_points(table_csv: str) -> list[Point]:
     return points
 
 
+def distinct(points: list[Point]) -> list[Point]:
+    """Each run's scores once: commits that only touched code or docs repeat their parent's metrics."""
+    runs: dict[str, list[Point]] = {}
+    for p in points:
+        runs.setdefault(p.experiment, []).append(p)
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for pts in runs.values():
+        key = tuple(sorted((p.model, p.suite, p.safety, p.utility) for p in pts))
+        if key not in seen:
+            seen.add(key)
+            out.extend(pts)
+    return out
+
+
 def dvc_exp_table(all_commits: bool = False, cwd: str | os.PathLike[str] | None = None) -> str:
     args = ["exp", "show", "--csv", "--no-fetch", *(["--all-commits"] if all_commits else [])]
     # dvc from libra's own environment, whatever PATH says
