@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("frontier", help="safety and utility of every dvc experiment, per model and suite (a table, and a plot)")
     p.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
-    p.add_argument("--plot", default=None, help="also write a safety-against-utility plot here (PNG)")
+    p.add_argument("--plot", default=None, help="also write a safety-against-utility plot here (PNG; not inside metrics/plots, which the report stage owns)")
     p.set_defaults(func=_cmd_frontier)
     return parser
 

@@ -150,7 +150,7 @@ def test_policy_is_never_asked_an_illegitimate_prompt() -> None:
     train, compounds = make_tables()
     illegit = set(train.filter(pl.col("label") == "illegitimate")["prompt"].to_list())
     policy = Recorder()
-    out, _, stats = build_augmented(train, compounds, AugmentParams(contrast=20), policy)
+    out, _, stats = build_augmented(train, compounds, AugmentParams(catalog_compounds=0, contrast=20), policy)
     assert policy.asked and not set(policy.asked) & illegit
     assert stats["self_answers"]["illegitimate_prompts_generated"] == 0
     # Nothing the policy wrote is the chosen (or rejected) answer of an illegitimate row.
@@ -161,7 +161,7 @@ def test_policy_is_never_asked_an_illegitimate_prompt() -> None:
 
 def test_builder_sources_labels_and_counts() -> None:
     train, compounds = make_tables()
-    out, quarantine, stats = build_augmented(train, compounds, AugmentParams(contrast=20, framed_per_seed=2), Recorder())
+    out, quarantine, stats = build_augmented(train, compounds, AugmentParams(catalog_compounds=0, contrast=20, framed_per_seed=2), Recorder())
     assert out.columns == OUT_COLUMNS
     assert stats["reconciles"] and stats["in"] == stats["out"] + stats["quarantined"]
     assert {s for s, n in stats["by_source"].items() if n} == {"pairs", "self_distill", "contrast", "framed"}
@@ -181,7 +181,7 @@ def test_refused_self_answer_is_quarantined_and_the_pair_keeps_its_answer() -> N
     train, compounds = make_tables()
     target = train.filter(pl.col("label") == "legitimate")["prompt"][0]
     out, quarantine, stats = build_augmented(
-        train, compounds, AugmentParams(contrast=0, framed=False), Recorder(refuse={target})
+        train, compounds, AugmentParams(catalog_compounds=0, contrast=0, framed=False), Recorder(refuse={target})
     )
     kept = out.filter(pl.col("prompt") == target)
     assert kept.height == 2 and set(kept["source"].to_list()) == {"pairs"}
@@ -194,7 +194,7 @@ def test_levers_off_give_the_input_pairs() -> None:
     train, compounds = make_tables()
     policy = Recorder()
     out, quarantine, stats = build_augmented(
-        train, compounds, AugmentParams(self_distill_legit=False, contrast=0, framed=False), policy
+        train, compounds, AugmentParams(catalog_compounds=0, self_distill_legit=False, contrast=0, framed=False), policy
     )
     assert not policy.asked and quarantine.height == 0
     assert sorted(out["pair_id"].to_list()) == sorted(train["pair_id"].to_list())
@@ -286,7 +286,7 @@ def test_mirrored_refusals_are_the_templates_illegitimate_pairs_prefer() -> None
         assert (r["compound"] or "") in r["rejected"]
     for r in out.filter(pl.col("label") == "illegitimate").iter_rows(named=True):
         assert any(re.fullmatch(f, r["chosen"]) for f in refusal_forms)
-    off, _, _ = build_augmented(train, compounds, AugmentParams(contrast=10, framed_per_seed=1), Recorder())
+    off, _, _ = build_augmented(train, compounds, AugmentParams(catalog_compounds=0, contrast=10, framed_per_seed=1), Recorder())
     assert not any(any(re.fullmatch(f, t) for f in refusal_forms) for t in off.filter(pl.col("label") == "legitimate")["rejected"])
     assert stats["reconciles"]
 

@@ -199,10 +199,10 @@ def test_sweep_through_the_dvc_queue(project: Path, local_url: str) -> None:
     keep = "Experiment|State|dpo.beta|metrics/eval.*:(safety|utility|overall)$"
     print(sh(["dvc", "exp", "show", "--md", "--no-fetch", "--drop", ".*", "--keep", keep], project, env).stdout)
     # libra frontier: one row per (experiment, model), the swept runs among them, and the plot.
-    frontier = sh([sys.executable, "-m", "libra.cli", "frontier", "--plot", "metrics/plots/experiments.png"], project, env).stdout
+    frontier = sh([sys.executable, "-m", "libra.cli", "frontier", "--plot", "metrics/experiments.png"], project, env).stdout
     dpo_rows = [line for line in frontier.splitlines() if line.startswith("| ") and "| dpo |" in line]
     assert len(dpo_rows) >= 3, frontier  # the workspace (or HEAD) and the two swept betas
-    assert (project / "metrics/plots/experiments.png").read_bytes()[:4] == b"\x89PNG"
+    assert (project / "metrics/experiments.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_clone_pulls_from_remote_and_reruns_nothing(project: Path, tmp_path: Path, local_url: str) -> None:

@@ -1,7 +1,7 @@
 """The safety/utility frontier across `dvc exp` runs: one point per (experiment, model, suite).
 
     libra frontier                       # table of every experiment of HEAD, from `dvc exp show`
-    libra frontier --all-commits --plot metrics/plots/experiments.png
+    libra frontier --all-commits --plot metrics/experiments.png
 
 The report's frontier (metrics/plots/frontier.png) spans the models of one run, e.g. the
 adapter-scale points `dpo~0.5`; this one spans runs, so a recipe can be chosen by where
