@@ -38,6 +38,7 @@ def test_outside_a_dvc_project_the_error_names_the_command(tmp_path) -> None:
 
 
 def test_runs_repeating_their_parents_scores_are_listed_once() -> None:
-    repeated = TABLE + "exp-c,0123abc,Success,0.3,0.625,0.5,0.5,,\n"
+    # a commit repeating exp-a's scores is dropped; an experiment that scores the same is kept
+    repeated = TABLE + ",0123abc,,0.3,0.625,0.5,0.5,,\n" + "exp-c,4567def,Success,0.2,0.625,0.5,0.5,,\n"
     names = [p.experiment for p in distinct(experiment_points(repeated))]
-    assert names == ["workspace", "workspace", "exp-a"]
+    assert names == ["workspace", "workspace", "exp-a", "exp-c"]

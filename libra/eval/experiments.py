@@ -33,6 +33,7 @@ class Point:
     safety: float
     utility: float
     overall: float | None
+    named: bool = False  # a `dvc exp` experiment, not a commit or the workspace
 
 
 def _number(text: str | None) -> float | None:
@@ -46,6 +47,7 @@ def experiment_points(table_csv: str) -> list[Point]:
     """Points from `dvc exp show --csv`: rows without both safety and utility are skipped."""
     points = []
     for row in csv.DictReader(io.StringIO(table_csv)):
+        named = bool(row.get("Experiment"))
         name = row.get("Experiment") or row.get("rev") or "?"
         if row.get("State") in ("Queued", "Running", "Failed"):
             continue
@@ -56,12 +58,13 @@ def experiment_points(table_csv: str) -> list[Point]:
                 cells.setdefault((m["model"], m["suite"]), {})[m["key"]] = _number(value)
         for (model, suite), v in sorted(cells.items()):
             if v.get("safety") is not None and v.get("utility") is not None:
-                points.append(Point(name, model, suite, v["safety"], v["utility"], v.get("overall")))  # type: ignore[arg-type]
+                points.append(Point(name, model, suite, v["safety"], v["utility"], v.get("overall"), named))  # type: ignore[arg-type]
     return points
 
 
 def distinct(points: list[Point]) -> list[Point]:
-    """Each run's scores once: commits that only touched code or docs repeat their parent's metrics."""
+    """Every named experiment, and each commit or workspace row only when its scores are new:
+    commits that touched only code or docs repeat their parent's metrics."""
     runs: dict[str, list[Point]] = {}
     for p in points:
         runs.setdefault(p.experiment, []).append(p)
@@ -69,9 +72,9 @@ def distinct(points: list[Point]) -> list[Point]:
     out = []
     for pts in runs.values():
         key = tuple(sorted((p.model, p.suite, p.safety, p.utility) for p in pts))
-        if key not in seen:
-            seen.add(key)
+        if pts[0].named or key not in seen:
             out.extend(pts)
+        seen.add(key)
     return out
 
 
