@@ -225,6 +225,12 @@ class DPOParams(Section):
         None, description="one non-negative weight per loss type (null: equal weights)"
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="for robust / conservative DPO")
+    opening_weight: float = Field(
+        0.0, ge=0.0,
+        description="weight of a cross-entropy on the first `opening_tokens` tokens of every chosen answer, added to the loss: "
+        "whether an answer refuses is decided there, and a whole-answer loss gives those tokens little weight (0 = off)",
+    )  # fmt: skip
+    opening_tokens: int = Field(4, ge=1, description="chosen-answer tokens the opening_weight term covers")
     learning_rate: float = Field(1e-3, gt=0, description="peak learning rate")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="learning-rate schedule"

@@ -40,7 +40,7 @@ from libra.errors import InputError, ParamsError
 from libra.io import sha256_file, write_json
 from libra.train.encode import pack_pairs
 from libra.train.precision import Precision
-from libra.train.ref_logps import pair_logps
+from libra.train.ref_logps import pair_and_token_logps
 from libra.train.runtime import load_tokenizer, world_size
 from libra.train.trl_compat import REF_COLUMNS, PretokenizedDPOTrainer, check_trainer, check_trl, completion_positions_only
 RUN_FILE = "libra_run.json"
@@ -68,15 +68,17 @@ class LibraDPOTrainer(PretokenizedDPOTrainer):
     The step (`compute_loss`) runs each pair as one packed row `[prompt; chosen; rejected]`
     (the prompt's forward and backward done once, not twice), scores only completion
     positions through the LM head, and computes TRL 1.16's losses (`sigmoid`, `hinge`,
-    `ipo`, `robust`, `sft`, weighted by `loss_weights`) and its reward/log-prob metrics
+    `ipo`, `robust`, `sft`, weighted by `loss_weights`, plus libra's `opening_weight`
+    term, `opening_nll`) and its reward/log-prob metrics
     from the summed log-probs. It skips the metrics TRL computes over the full
     vocabulary at every completion position (entropy, mean logits, token accuracy),
     which are not part of the loss. Same loss and gradients as `DPOTrainer.compute_loss`
     (tests/test_train.py). `cpu_bf16` runs the step under CPU bfloat16 autocast.
     """
 
-    def __init__(self, *args: Any, cpu_bf16: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, cpu_bf16: bool = False, opening: tuple[float, int] = (0.0, 4), **kwargs: Any) -> None:
         self._cpu_bf16 = cpu_bf16
+        self._opening_weight, self._opening_tokens = opening
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = PackedPairCollator(kwargs["processing_class"].pad_token_id)
         super().__init__(*args, **kwargs)
@@ -93,10 +95,12 @@ class LibraDPOTrainer(PretokenizedDPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
         if not self._packed or return_outputs:
+            if self._opening_weight > 0:
+                raise ParamsError("params: dpo.opening_weight > 0 needs libra's packed DPO step (PackedPairCollator)")
             with completion_positions_only():
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
-        logps = pair_logps(model, inputs)
+        logps, token_logps = pair_and_token_logps(model, inputs)
         chosen_logps, rejected_logps = logps[0::2], logps[1::2]
         ref_chosen, ref_rejected = inputs["ref_chosen_logps"].to(logps), inputs["ref_rejected_logps"].to(logps)
         chosen_logratios = chosen_logps - ref_chosen
@@ -125,6 +129,8 @@ class LibraDPOTrainer(PretokenizedDPOTrainer):
             else:
                 raise ParamsError(f"params: dpo.loss_type {loss_type!r} is not supported by libra's DPO step")
             loss = loss + per_pair.mean() * weight
+        if self._opening_weight > 0:
+            loss = loss + self._opening_weight * opening_nll(token_logps, inputs, self._opening_tokens)
         self._log_step_metrics(mode, inputs, chosen_logps, rejected_logps, chosen_logratios, rejected_logratios)
         return loss
 
@@ -150,6 +156,19 @@ class LibraDPOTrainer(PretokenizedDPOTrainer):
         if self._cpu_bf16:
             return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache_enabled)
         return super().autocast_smart_context_manager(cache_enabled)
+
+
+def opening_nll(token_logps: torch.Tensor, packed: dict[str, Any], opening_tokens: int) -> torch.Tensor:
+    """Mean negative log-prob of the first `opening_tokens` tokens of every chosen answer in a packed batch.
+
+    Refusing or answering is decided by an answer's first tokens; the whole-answer `sft`
+    term averages them with every later token, so a policy can fit its chosen refusals
+    and still open with the base model's first word.
+    """
+    device = token_logps.device
+    seq, offset = packed["seq"].to(device), packed["offset"].to(device)
+    opening = (seq % 2 == 0) & (offset < opening_tokens)
+    return -token_logps[opening].mean()
 
 
 class LengthBucketSampler(torch.utils.data.Sampler[int]):
@@ -414,6 +433,7 @@ def train(
         processing_class=tokenizer,
         peft_config=lora_config(params),
         cpu_bf16=precision.autocast_bf16,
+        opening=(params.opening_weight, params.opening_tokens),
     )
     start_step = 0
     if resume:

@@ -107,8 +107,9 @@ def pack_pairs(pairs: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     Returns input_ids and position_ids (B, L), a boolean attention mask (B, 1, L, L, True
     = may attend), and for the completion tokens flat indices `source` (the position whose
     output predicts the token), `target` (the token) and `seq` (2b for pair b's chosen,
-    2b + 1 for its rejected answer); `tokens` counts chosen + rejected sequence tokens as
-    unpacked `[prompt; answer]` rows would have them.
+    2b + 1 for its rejected answer) and `offset` (the token's index within its answer, 0
+    for the first); `tokens` counts chosen + rejected sequence tokens as unpacked
+    `[prompt; answer]` rows would have them.
     """
     import torch
 
@@ -118,7 +119,7 @@ def pack_pairs(pairs: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     position_ids = torch.zeros((n, width), dtype=torch.long)
     mask = torch.zeros((n, 1, width, width), dtype=torch.bool)
     causal = torch.ones((width, width), dtype=torch.bool).tril()
-    source, target, seq = [], [], []
+    source, target, seq, offset = [], [], [], []
     tokens = 0
     for b, p in enumerate(pairs):
         prompt, chosen, rejected = list(p["prompt_ids"]), list(p["chosen_ids"]), list(p["rejected_ids"])
@@ -139,6 +140,7 @@ def pack_pairs(pairs: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         source += [row + np_ - 1] + [row + np_ + nc + i for i in range(nr - 1)]
         target += chosen + rejected
         seq += [2 * b] * nc + [2 * b + 1] * nr
+        offset += list(range(nc)) + list(range(nr))
         tokens += 2 * np_ + nc + nr
     return {
         "input_ids": input_ids,
@@ -147,6 +149,7 @@ def pack_pairs(pairs: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         "source": torch.tensor(source, dtype=torch.long),
         "target": torch.tensor(target, dtype=torch.long),
         "seq": torch.tensor(seq, dtype=torch.long),
+        "offset": torch.tensor(offset, dtype=torch.long),
         "num_seqs": 2 * n,
         "tokens": tokens,
     }

@@ -55,6 +55,11 @@ def pair_logps(model: Any, packed: dict[str, Any]) -> torch.Tensor:
     Differentiable (the dpo step uses it with gradients); call under `torch.inference_mode()`
     for the reference pass.
     """
+    return pair_and_token_logps(model, packed)[0]
+
+
+def pair_and_token_logps(model: Any, packed: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pair_logps`, and the log-prob of every completion token (ordered as `packed["target"]`)."""
     device = next(model.parameters()).device
     ids = packed["input_ids"].to(device)
     mask = _attention_mask(packed["attention_mask"].to(device), model, torch.float32)
@@ -64,7 +69,7 @@ def pair_logps(model: Any, packed: dict[str, Any]) -> torch.Tensor:
     logits = head(states)  # completion positions only: (tokens, vocab)
     token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, packed["target"].to(device).unsqueeze(-1)).squeeze(-1)
     out = torch.zeros(packed["num_seqs"], dtype=token_logps.dtype, device=device)
-    return out.index_add(0, packed["seq"].to(device), token_logps)
+    return out.index_add(0, packed["seq"].to(device), token_logps), token_logps
 
 
 def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
