@@ -311,6 +311,34 @@ def test_packed_step_gives_trl_loss_gradients_and_metrics(tiny_base: Path, tmp_p
     assert int(packed["tokens"]) == int(stock["attention_mask"].sum())
 
 
+def test_opening_term_adds_the_nll_of_the_first_chosen_tokens(tiny_base: Path, tmp_path: Path) -> None:
+    """dpo.opening_weight adds w x the mean NLL of each chosen answer's first k tokens, computed on plain [prompt; chosen] rows."""
+    import torch
+
+    params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0))
+    trainer = tiny_trainer(tiny_base, tmp_path, params, fp32_precision(), opening=(2.5, 3))
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    packed = trainer.data_collator(rows)
+    with torch.no_grad():
+        with_opening = type(trainer).compute_loss(trainer, trainer.model, packed).item()
+        trainer._opening_weight = 0.0
+        without = type(trainer).compute_loss(trainer, trainer.model, packed).item()
+        # The first 3 chosen tokens of each pair, scored on its own unpacked [prompt; chosen] row.
+        nll = []
+        for r in rows:
+            ids = torch.tensor([list(r["prompt_ids"]) + list(r["chosen_ids"])])
+            logps = torch.log_softmax(trainer.model(input_ids=ids).logits[0].float(), dim=-1)
+            start = len(r["prompt_ids"])
+            nll += [-logps[start - 1 + i, r["chosen_ids"][i]].item() for i in range(min(3, len(r["chosen_ids"])))]
+    expected = sum(nll) / len(nll)
+    assert expected > 0.1
+    assert abs((with_opening - without) - 2.5 * expected) < 1e-4, (with_opening, without, expected)
+
+
 def test_precision_branches_reach_the_trainer_config_and_model_dtype(tiny_base: Path, tmp_path: Path) -> None:
     """Each capability branch sets the DPOConfig, the model dtype and the autocast, without running bf16 here for long."""
     import torch
