@@ -23,7 +23,9 @@ from libra.data.reserve import reserved_for_eval
 from libra.data.contrast import all_contrast_prompts, contrast_prompts
 from libra.data.framings import BENIGN_PARTS, KINDS, TEMPLATES, framed_prompts, wrap
 from libra.data.safety import opens_with_refusal, rejected_answer_problem
-from libra.data.templates import COMPLIANCE_OPENERS, NATURAL_OPENERS, OVER_REFUSALS, REFUSALS, TASK_PROMPTS, fill
+from libra.data.templates import (
+    COMPLIANCE_OPENERS, INTENT_REFUSALS, NATURAL_OPENERS, OVER_REFUSALS, REFUSALS, TASK_PROMPTS, fill, refusal_templates,
+)  # fmt: skip
 from libra.data.triplets import pick
 from libra.eval.suites import unseen_compounds
 from tests.conftest import ROOT, TINY_PROFILE, subprocess_env
@@ -70,7 +72,7 @@ def make_tables() -> tuple[pl.DataFrame, pl.DataFrame]:
             prompt = TASK_PROMPTS[task][0].format(compound=name)
             for j in range(2):
                 if label == "illegitimate":
-                    chosen = fill(pick(REFUSALS, seed_id, j), compound=name, regulation=reg)
+                    chosen = fill(pick(refusal_templates(reg), seed_id, j), compound=name, regulation=reg, task=task)
                     rejected = fill(pick(COMPLIANCE_OPENERS, seed_id, j), compound=name, task=task)
                 else:
                     chosen = f"Here is a careful answer about {name}, version {j}, for a legitimate question."
@@ -278,7 +280,10 @@ def test_mirrored_refusals_are_the_templates_illegitimate_pairs_prefer() -> None
     train, compounds = make_tables()
     params = AugmentParams(contrast=10, framed_per_seed=1, mirror_refusals=True, catalog_compounds=4)
     out, _, stats = build_augmented(train, catalog_table(), params, Recorder(), seeds=default_seeds(), test=train.head(0))
-    refusal_forms = [re.escape(t).replace(r"\{compound\}", ".+").replace(r"\{regulation\}", ".+") for t in REFUSALS]
+    refusal_forms = [
+        re.escape(t).replace(r"\{compound\}", ".+").replace(r"\{regulation\}", ".+").replace(r"\{intent\}", ".+")
+        for t in REFUSALS + INTENT_REFUSALS
+    ]
     legit = out.filter(pl.col("label") == "legitimate")
     assert set(legit["source"].to_list()) == {"self_distill", "contrast", "framed", "catalog"}
     for r in legit.iter_rows(named=True):

@@ -11,11 +11,11 @@ import pytest
 from libra.data import triplets as triplets_mod
 from libra.data.dedup import near_duplicates
 from libra.data.rephrase import clean_reply, prompt_problem
-from libra.data.safety import operational_content, rejected_answer_problem
+from libra.data.safety import opens_with_refusal, operational_content, rejected_answer_problem
 from libra.data.seeds import sample_seeds
 from libra.data.split import split_pairs
 from libra.data.templates import COMPLIANCE_OPENERS, TASK_PHRASES, fill
-from libra.data.triplets import build_triplets, refusal_paraphrase_problem
+from libra.data.triplets import REGULATION_CLAIM, build_triplets, illegitimate_pair, refusal_paraphrase_problem
 from libra.llm.client import open_client
 
 from .conftest import tiny_params
@@ -106,6 +106,21 @@ def test_refusal_paraphrase_must_keep_regulation_and_refuse() -> None:
     assert refusal_paraphrase_problem("Sarin is covered by the Chemical Weapons Convention.", "CWC-1") == "refusal paraphrase does not open with a refusal"
     late = "Refuse: thank you, but I can't help; sarin is under Schedule 1 of the Chemical Weapons Convention."
     assert refusal_paraphrase_problem(late, "CWC-1") == "refusal paraphrase does not open with a refusal"
+
+
+def test_refusals_of_an_unregulated_compound_give_the_intent_and_claim_no_regulation() -> None:
+    """A common compound's refusal never says it is regulated (the policy would repeat that about harmless ones)."""
+    for task in ("weaponisation", "evading_controls"):
+        for i in range(8):
+            row = {"seed_id": f"s{i}", "compound": "sorbitol", "regulation": "none", "task": task}
+            refusal, _ = illegitimate_pair(row)
+            assert opens_with_refusal(refusal) and "sorbitol" in refusal, refusal
+            assert REGULATION_CLAIM.search(refusal) is None, refusal
+            assert refusal_paraphrase_problem(refusal, "none") is None
+    regulated, _ = illegitimate_pair({"seed_id": "s0", "compound": "sarin", "regulation": "CWC-1", "task": "synthesis"})
+    assert "Schedule 1 of the Chemical Weapons Convention" in regulated
+    claim = "I can't help with that. Sorbitol is controlled under national export-control law."
+    assert refusal_paraphrase_problem(claim, "none") == "refusal paraphrase claims a regulation the compound is not under"
 
 
 def test_prompt_paraphrase_checks() -> None:

@@ -67,9 +67,9 @@ from libra.data.templates import (
     GENERAL_OVER_REFUSALS,
     NATURAL_OPENERS,
     OVER_REFUSALS,
-    REFUSALS,
     TASK_PROMPTS,
     fill,
+    refusal_templates,
     trim_to_sentence,
 )
 from libra.errors import LibraError
@@ -242,7 +242,7 @@ def build_augmented(
     def legit_rejected(key: str, subject: str, regulation: str | None, over_refusal: str) -> str:
         if not params.mirror_refusals:
             return over_refusal
-        return fill(_pick(REFUSALS, f"mirror:{key}"), compound=subject, regulation=regulation or "none")
+        return fill(_pick(refusal_templates(regulation), f"mirror:{key}"), compound=subject, regulation=regulation or "none")
 
     rows: list[dict[str, Any]] = []
     for r in train.iter_rows(named=True):
@@ -299,7 +299,7 @@ def build_augmented(
         n_candidates += 1
         key = c["seed_id"]
         if c["label"] == "illegitimate":
-            chosen = fill(_pick(REFUSALS, key), compound=c["compound"], regulation=c["regulation"])
+            chosen = fill(_pick(refusal_templates(c["regulation"]), key), compound=c["compound"], regulation=c["regulation"], task=c["task"])
             rejected = fill(_pick(NATURAL_OPENERS if params.natural_openers else COMPLIANCE_OPENERS, key), compound=c["compound"], task=c["task"])
         else:
             chosen = trim_to_sentence(answers[c["prompt"]])

@@ -97,6 +97,34 @@ REFUSALS: tuple[str, ...] = (
     "If you are worried about exposure or safety, I can share first-aid and safety information.",
 )
 
+# Refusals of a harmful request about a compound that no regulation lists (regulation
+# "none": weaponising sorbitol, shipping propylparaben unnoticed). The reason given is the
+# request's intent, never a regulation: a chosen refusal saying "sorbitol is controlled"
+# teaches the policy that every compound is, and it then tells users so about harmless ones.
+INTENT_REFUSALS: tuple[str, ...] = (
+    "I can't help with that. Helping with {intent} could hurt people or break the law, whatever the chemical. "
+    "If you have a safety concern, I can share handling and first-aid information instead.",
+    "I'm not able to assist with this request. {compound} is a common chemical, but {intent} puts people at risk, "
+    "so I won't give guidance on it. I'm happy to talk about its properties, uses or safety instead.",
+    "Sorry, but I won't provide that. Advice on {intent} could enable harm, and that is true of an everyday chemical too. "
+    "If you have a legitimate need, please go through official channels.",
+    "I must decline. I won't help with {intent}, because it could endanger people. "
+    "If you are worried about exposure or safety, I can share first-aid and safety information.",
+)
+
+INTENT_PHRASES: dict[str, str] = {
+    "synthesis": "making {compound} for this purpose",
+    "acquisition": "getting hold of {compound} this way",
+    "weaponisation": "using {compound} to harm people",
+    "evading_controls": "moving {compound} past the checks that apply to it",
+}
+
+
+def refusal_templates(regulation: str | None) -> tuple[str, ...]:
+    """The chosen-refusal templates for a compound under `regulation` ("none": intent-based ones)."""
+    return INTENT_REFUSALS if (regulation or "none") == "none" else REFUSALS
+
+
 # Only the opener and empty numbered steps: nothing operational, by construction.
 COMPLIANCE_OPENERS: tuple[str, ...] = (
     "Sure, here are the steps for {task_phrase} {compound}:\n1.\n2.\n3.",
@@ -146,7 +174,8 @@ GENERAL_OVER_REFUSALS: tuple[str, ...] = (
 
 
 def fill(template: str, *, compound: str, regulation: str = "none", task: str = "synthesis") -> str:
-    return template.format(compound=compound, regulation=regulation_name(regulation), task_phrase=TASK_PHRASES[task])
+    intent = INTENT_PHRASES.get(task, "this request about {compound}" if compound else "this request").format(compound=compound)
+    return template.format(compound=compound, regulation=regulation_name(regulation), task_phrase=TASK_PHRASES[task], intent=intent)
 
 
 _LABEL_PREFIX = re.compile(

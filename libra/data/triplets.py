@@ -11,6 +11,7 @@ an illegitimate task.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, Protocol
 
 import polars as pl
@@ -21,7 +22,7 @@ from libra.data.safety import opens_with_refusal, operational_content, rejected_
 from libra.data.templates import (
     COMPLIANCE_OPENERS,
     OVER_REFUSALS,
-    REFUSALS,
+    refusal_templates,
     fill,
     regulation_name,
     strip_label,
@@ -49,13 +50,17 @@ def answer_messages(prompt: str) -> list[dict[str, Any]]:
 
 
 def refusal_paraphrase_messages(refusal: str, regulation: str) -> list[dict[str, Any]]:
+    keep = (
+        "and it must not say that the chemical is regulated or controlled"
+        if regulation == "none"
+        else f"and it must still name \"{regulation_name(regulation)}\""
+    )
     return [
         {
             "role": "user",
             "content": (
-                "Rewrite the following refusal in different words. It must still politely decline, "
-                f"and it must still name \"{regulation_name(regulation)}\". Reply with the rewritten refusal only.\n\n"
-                f"Refusal: {refusal}"
+                f"Rewrite the following refusal in different words. It must still politely decline, {keep}. "
+                f"Reply with the rewritten refusal only.\n\nRefusal: {refusal}"
             ),
         }
     ]
@@ -70,8 +75,14 @@ def regulation_anchor(regulation: str) -> str:
     return name
 
 
+REGULATION_CLAIM = re.compile(r"\b(?:regulated|controlled|schedule|convention|scheduled|listed under)\b", re.IGNORECASE)
+
+
 def refusal_paraphrase_problem(text: str, regulation: str) -> str | None:
-    if regulation_anchor(regulation).lower() not in text.lower():
+    if regulation == "none":
+        if REGULATION_CLAIM.search(text):
+            return "refusal paraphrase claims a regulation the compound is not under"
+    elif regulation_anchor(regulation).lower() not in text.lower():
         return "refusal paraphrase dropped the regulation"
     # It must open with the refusal: DPO learns the opening tokens most, and a chosen answer
     # that starts with a preamble ("Refuse: ...", "Thank you for ...") teaches the preamble.
@@ -93,7 +104,8 @@ def legit_answer_problem(text: str, compound_class: str) -> str | None:
 
 
 def illegitimate_pair(row: dict[str, Any]) -> tuple[str, str]:
-    refusal = fill(pick(REFUSALS, row["seed_id"]), compound=row["compound"], regulation=row["regulation"])
+    refusal = fill(pick(refusal_templates(row["regulation"]), row["seed_id"]), compound=row["compound"],
+                   regulation=row["regulation"], task=row["task"])  # fmt: skip
     opener = fill(pick(COMPLIANCE_OPENERS, row["seed_id"]), compound=row["compound"], task=row["task"])
     return refusal, opener
 
