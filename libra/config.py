@@ -171,7 +171,7 @@ class RephraseParams(Section):
     n_prompt: int = Field(2, ge=0, le=20, description="paraphrases per prompt")
     n_answer: int = Field(1, ge=0, le=20, description="paraphrases per chosen answer")
     max_pairs_per_seed: int = Field(
-        4, ge=1, description="cap on crossed pairs per seed (the paper had about 25; 4 keeps the CPU quickstart near 10 minutes)"
+        4, ge=1, description="cap on crossed pairs per seed (the paper had about 25; 4 keeps rephrase under 2 minutes on 2 CPU cores)"
     )
     near_dup_threshold: float = Field(
         0.9, gt=0.0, le=1.0, description="character n-gram Jaccard above which a paraphrase is a duplicate"

@@ -60,7 +60,7 @@ from libra.config import AugmentParams, SeedsParams
 from libra.data.contrast import contrast_prompts
 from libra.data.framings import framed_prompts
 from libra.data.quarantine import quarantine_frame, reason_counts, safe_text
-from libra.data.reserve import reserved_for_eval
+from libra.data.reserve import reserved_for_eval_expr
 from libra.data.safety import opens_with_refusal, operational_content, rejected_answer_problem
 from libra.data.templates import (
     COMPLIANCE_OPENERS,
@@ -101,7 +101,7 @@ def catalog_candidates(
     if n == 0 or compounds.height == 0:
         return []
     pool = compounds.filter(
-        ~pl.col("compound_id").is_in(sorted(exclude)) & ~pl.col("compound_id").map_elements(reserved_for_eval, return_dtype=pl.Boolean)
+        ~pl.col("compound_id").is_in(sorted(exclude)) & ~reserved_for_eval_expr()
     ).sort("compound_id")
     by_class: dict[str, list[dict[str, Any]]] = {}
     for c in pool.iter_rows(named=True):

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from libra.data.eval_templates import EVAL_TASK_PROMPTS, FRAMINGS, IDENTIFIER_NAMES, MULTIPART
-from libra.data.reserve import reserved_for_eval
+from libra.data.reserve import reserved_for_eval_expr
 from libra.config import DEFAULT_SUITES, SuiteSpec, check_suites  # noqa: F401  (re-exported)
 from libra.errors import InputError, LibraError
 from libra.io import prompt_id
@@ -348,7 +348,7 @@ def unseen_compounds(
     # Only the reserved half of the catalog: the augment stage trains on the other half.
     rest = compounds.filter(
         ~pl.col("compound_id").is_in(sorted(trained | set(from_test)))
-        & pl.col("compound_id").map_elements(reserved_for_eval, return_dtype=pl.Boolean)
+        & reserved_for_eval_expr()
     ).sort("compound_id")
     by_class: dict[str, list[str]] = {}
     for cid, cls in rest.select("compound_id", "class").iter_rows():
