@@ -226,7 +226,7 @@ class DPOParams(Section):
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="for robust / conservative DPO")
     opening_weight: float = Field(
-        0.0, ge=0.0,
+        1.0, ge=0.0,
         description="weight of a cross-entropy on the first `opening_tokens` tokens of every chosen answer, added to the loss: "
         "whether an answer refuses is decided there, and a whole-answer loss gives those tokens little weight (0 = off)",
     )  # fmt: skip
