@@ -236,7 +236,7 @@ class DPOParams(Section):
         "linear", description="learning-rate schedule"
     )
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="share of steps spent warming up")
-    max_steps: int = Field(60, ge=1, description="optimiser steps")
+    max_steps: int = Field(120, ge=1, description="optimiser steps")
     batch_size: int = Field(4, ge=1, description="pairs per step (global batch = batch_size * grad_accum)")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     max_prompt_length: int = Field(96, ge=8, description="prompt tokens kept (the last ones)")
