@@ -271,6 +271,18 @@ def tiny_trainer(tiny_base: Path, tmp_path: Path, params: DPOParams, precision: 
     )
 
 
+def nontrivial_adapter_batch(trainer, n: int = 4) -> tuple[list[dict], dict]:  # type: ignore[no-untyped-def]
+    """Randomise the LoRA B matrices (so the policy differs from the reference), then the first n rows, packed."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    rows = [trainer.train_dataset[i] for i in range(n)]
+    return rows, trainer.data_collator(rows)
+
+
 @pytest.mark.parametrize(
     ("loss_type", "label_smoothing"),
     [(["sigmoid", "sft"], 0.0), (["ipo"], 0.0), (["hinge"], 0.0), (["robust"], 0.1)],
@@ -284,13 +296,7 @@ def test_packed_step_gives_trl_loss_gradients_and_metrics(tiny_base: Path, tmp_p
     params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0),
                        loss_type=loss_type, label_smoothing=label_smoothing)  # fmt: skip
     trainer = tiny_trainer(tiny_base, tmp_path, params, fp32_precision())
-    # Make the adapter non-trivial, so the policy differs from the reference.
-    with torch.no_grad():
-        for name, p in trainer.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    rows = [trainer.train_dataset[i] for i in range(4)]
-    packed = trainer.data_collator(rows)
+    rows, packed = nontrivial_adapter_batch(trainer)
     stock = DataCollatorForPreference(pad_token_id=trainer.processing_class.pad_token_id)(
         [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")} for r in rows]
     )
@@ -317,12 +323,7 @@ def test_opening_term_adds_the_nll_of_the_first_chosen_tokens(tiny_base: Path, t
 
     params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0))
     trainer = tiny_trainer(tiny_base, tmp_path, params, fp32_precision(), opening=(2.5, 3))
-    with torch.no_grad():
-        for name, p in trainer.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    rows = [trainer.train_dataset[i] for i in range(4)]
-    packed = trainer.data_collator(rows)
+    rows, packed = nontrivial_adapter_batch(trainer)
     with torch.no_grad():
         with_opening = type(trainer).compute_loss(trainer, trainer.model, packed).item()
         trainer._opening_weight = 0.0
