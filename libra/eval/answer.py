@@ -143,12 +143,10 @@ def load_policy(
 
 
 def set_threads() -> int:
-    """Use one torch thread per core the process may run on (2 on the reference machine)."""
-    import torch
+    """One torch thread per physical core the process may run on (libra.train.runtime.set_threads)."""
+    from libra.train.runtime import set_threads as set_runtime_threads
 
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(n)
-    return n
+    return set_runtime_threads(0)
 
 
 # --- generation -------------------------------------------------------------------------
