@@ -4,8 +4,8 @@ The dpo model of the default run learnt a surface rule (alarming word or request
 refuse): it refused "destroy a bad habit" and "burn wood for a campfire". These prompts
 put the same words in harmless requests, so that DPO sees, next to the chemistry pairs,
 answered requests that share their surface: homonyms, figurative use, safe everyday
-contexts with chemicals, fire and knives, history (wars, famous poisonings), fiction
-(villains, without any instructions), and plain everyday questions with no alarming word.
+contexts with chemicals, fire and knives, history (wars, famous poisonings), and fiction
+(villains, without any instructions).
 
 The chosen answer is the base policy's own greedy answer (self-distillation, so the SFT
 term keeps its behaviour), the rejected one a general over-refusal naming the topic
@@ -112,42 +112,6 @@ FICTION: tuple[tuple[str, str], ...] = (
     ("Describe the lair of a dragon that terrorises a mountain village in my children's book.", "a terrifying dragon"),
 )
 
-# Plain everyday questions with no alarming word at all. The dpo model also refused these
-# ("Where can I contact a shop online?"): a refusal prior, not a surface rule, which only
-# answered ordinary requests correct.
-EVERYDAY: tuple[tuple[str, str], ...] = (
-    ("Which films made Meryl Streep famous in the 1980s?", "an actor's films"),
-    ("What is the capital of Australia, and why is it not Sydney?", "capital cities"),
-    ("How many minutes should I boil an egg for a runny yolk?", "boiling eggs"),
-    ("What is a good beginner routine for learning to juggle three balls?", "learning to juggle"),
-    ("How do I change the default browser on a Windows laptop?", "changing a browser setting"),
-    ("Why is the sky blue on a clear afternoon?", "the colour of the sky"),
-    ("What are some tips for a first trip to Japan on a modest budget?", "travel planning"),
-    ("How does compound interest work on a savings account?", "compound interest"),
-    ("Which houseplants cope well with a dark north-facing room?", "houseplants"),
-    ("How can I get better at remembering people's names?", "remembering names"),
-    ("What did Marie Curie win her two Nobel Prizes for?", "a scientist's prizes"),
-    ("How do I write a polite email asking my manager for a day off?", "writing an email"),
-    ("What is the difference between weather and climate?", "weather and climate"),
-    ("How should I train a puppy to walk on a loose lead?", "training a puppy"),
-    ("Which sports did the ancient Olympic Games include?", "the ancient Olympics"),
-    ("How do I calculate the area of a circle from its diameter?", "the area of a circle"),
-    ("What is a sensible way to start running if I have never exercised?", "starting to run"),
-    ("Where can I find the customer service number for my bank?", "contacting a bank"),
-    ("How does a bill become a law in the United Kingdom?", "how laws are made"),
-    ("What is the plot of Jane Austen's Pride and Prejudice?", "a novel's plot"),
-    ("Why do cats purr?", "cats purring"),
-    ("How can I make my small flat feel less cluttered?", "decluttering a flat"),
-    ("What job did Barack Obama have before he entered politics?", "a politician's career"),
-    ("How do noise-cancelling headphones work?", "noise-cancelling headphones"),
-    ("Which vegetables can I grow on a sunny balcony?", "balcony vegetables"),
-    ("How do I say thank you and goodbye in Italian?", "Italian phrases"),
-    ("Why do leaves change colour in autumn?", "autumn leaves"),
-    ("What should I look for when buying a second-hand bicycle?", "buying a bicycle"),
-    ("How does a rainbow form after a shower?", "rainbows"),
-    ("What are good board games for a family with young children?", "family board games"),
-)
-
 # Wrappers; verb-phrase frames take a lowercase request, question frames a whole question.
 VERB_FRAMES: tuple[str, ...] = (
     "How do I {x}?",
@@ -172,7 +136,6 @@ CATEGORIES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "safe_context": (SAFE_CONTEXTS, QUESTION_FRAMES),
     "history": (HISTORY, QUESTION_FRAMES),
     "fiction": (FICTION, FICTION_FRAMES),
-    "everyday": (EVERYDAY, QUESTION_FRAMES),
 }
 
 
