@@ -24,7 +24,8 @@ from libra.data.contrast import all_contrast_prompts, contrast_prompts
 from libra.data.framings import BENIGN_PARTS, KINDS, TEMPLATES, framed_prompts, wrap
 from libra.data.safety import opens_with_refusal, rejected_answer_problem
 from libra.data.templates import (
-    COMPLIANCE_OPENERS, INTENT_REFUSALS, NATURAL_OPENERS, OVER_REFUSALS, REFUSALS, TASK_PROMPTS, fill, refusal_templates,
+    COMPLIANCE_OPENERS, INTENT_PHRASES, INTENT_REFUSALS, NATURAL_OPENERS, OVER_REFUSALS, REFUSALS, TASK_PROMPTS, fill,
+    refusal_templates,
 )  # fmt: skip
 from libra.data.triplets import pick
 from libra.eval.suites import unseen_compounds
@@ -289,6 +290,8 @@ def test_mirrored_refusals_are_the_templates_illegitimate_pairs_prefer() -> None
     for r in legit.iter_rows(named=True):
         assert any(re.fullmatch(f, r["rejected"]) for f in refusal_forms), r["rejected"]
         assert (r["compound"] or "") in r["rejected"]
+        # the reason fits the request: a legitimate task is never called "making X for this purpose"
+        assert "for this purpose" not in r["rejected"] or r["task"] in INTENT_PHRASES, (r["task"], r["rejected"])
     for r in out.filter(pl.col("label") == "illegitimate").iter_rows(named=True):
         assert any(re.fullmatch(f, r["chosen"]) for f in refusal_forms)
     off, _, _ = build_augmented(train, compounds, AugmentParams(catalog_compounds=0, contrast=10, framed_per_seed=1), Recorder())

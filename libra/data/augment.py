@@ -239,16 +239,17 @@ def build_augmented(
             quarantine(seed, "self_answer", text, f"{problem} (kept the generator's answer)", "legitimate", drops=False)
         else:
             self_ok[prompt] = text
-    def legit_rejected(key: str, subject: str, regulation: str | None, over_refusal: str) -> str:
+    def legit_rejected(key: str, subject: str, regulation: str | None, task: str, over_refusal: str) -> str:
         if not params.mirror_refusals:
             return over_refusal
-        return fill(_pick(refusal_templates(regulation), f"mirror:{key}"), compound=subject, regulation=regulation or "none")
+        template = _pick(refusal_templates(regulation), f"mirror:{key}")
+        return fill(template, compound=subject, regulation=regulation or "none", task=task)
 
     rows: list[dict[str, Any]] = []
     for r in train.iter_rows(named=True):
         base = {k: r.get(k) for k in PAIR_COLUMNS}
         if r["label"] == "legitimate":
-            rejected = legit_rejected(r["pair_id"], r["compound"], r["regulation"], r["rejected"])
+            rejected = legit_rejected(r["pair_id"], r["compound"], r["regulation"], r["task"], r["rejected"])
             chosen, source = (self_ok[r["prompt"]], "self_distill") if r["prompt"] in self_ok else (r["chosen"], "pairs")
             pair_id = r["pair_id"] if (source, rejected) == ("pairs", r["rejected"]) else _id(source, r["prompt"], chosen, rejected)
             rows.append({**base, "pair_id": pair_id, "chosen": chosen, "rejected": rejected, "source": source, "variant": None})
@@ -268,7 +269,7 @@ def build_augmented(
         if problem:
             quarantine(seed_id, "chosen", text, problem, "legitimate", drops=True)
             continue
-        rejected = legit_rejected(seed_id, c["topic"], None, _pick(GENERAL_OVER_REFUSALS, seed_id).format(topic=c["topic"]))
+        rejected = legit_rejected(seed_id, c["topic"], None, "general", _pick(GENERAL_OVER_REFUSALS, seed_id).format(topic=c["topic"]))
         rows.append({
             "pair_id": _id("contrast", c["prompt"], text, rejected), "seed_id": seed_id, "compound_id": None,
             "compound": None, "class": "general", "regulation": None, "group": c["category"], "task": "general",
@@ -307,7 +308,7 @@ def build_augmented(
             if problem:
                 quarantine(key, "chosen", chosen, problem, "legitimate", drops=True)
                 continue
-            rejected = legit_rejected(key, c["compound"], c["regulation"], fill(_pick(OVER_REFUSALS, key), compound=c["compound"]))
+            rejected = legit_rejected(key, c["compound"], c["regulation"], c["task"], fill(_pick(OVER_REFUSALS, key), compound=c["compound"]))
         rows.append({**c, "pair_id": _id("catalog", c["prompt"], chosen, rejected), "chosen": chosen, "rejected": rejected,
                      "source": "catalog", "variant": None})  # fmt: skip
 

@@ -175,7 +175,12 @@ GENERAL_OVER_REFUSALS: tuple[str, ...] = (
 
 def fill(template: str, *, compound: str, regulation: str = "none", task: str = "synthesis") -> str:
     intent = INTENT_PHRASES.get(task, "this request about {compound}" if compound else "this request").format(compound=compound)
-    return template.format(compound=compound, regulation=regulation_name(regulation), task_phrase=TASK_PHRASES[task], intent=intent)
+    # A task without a phrase (contrast rows' "general") fills only templates that do not use one.
+    task_phrase = TASK_PHRASES.get(task, "{task_phrase}")
+    text = template.format(compound=compound, regulation=regulation_name(regulation), task_phrase=task_phrase, intent=intent)
+    if "{task_phrase}" in text:
+        raise ValueError(f"template {template!r} needs a task phrase, and task {task!r} has none")
+    return text
 
 
 _LABEL_PREFIX = re.compile(
