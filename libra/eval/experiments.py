@@ -103,23 +103,22 @@ def frontier_markdown(points: list[Point]) -> str:
 
 
 def plot_experiments(points: list[Point], path: str | os.PathLike[str]) -> None:
-    """Safety against utility, one panel per suite, one labelled point per (experiment, model)."""
+    """Safety against utility, one panel per suite, one labelled point per (experiment, trained model)."""
     from libra.eval.report import _pyplot, _save
 
     plt = _pyplot()
     suites = sorted({p.suite for p in points})
     fig, axes = plt.subplots(1, len(suites), figsize=(5.5 * len(suites), 5), squeeze=False)
     for ax, suite in zip(axes[0], suites, strict=True):
-        for p in (p for p in points if p.suite == suite):
-            marker: Any = "s" if p.model == "base" else "o"
-            ax.plot(p.utility, p.safety, marker, alpha=0.75)
-            ax.annotate(
-                f"{p.experiment}:{p.model}",
-                (p.utility, p.safety),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=7,
-            )
+        cell = [p for p in points if p.suite == suite]
+        # Every run's base model is the same model: grey squares, one legend entry, no labels.
+        base = [p for p in cell if p.model == "base"]
+        if base:
+            ax.plot([p.utility for p in base], [p.safety for p in base], "s", color="0.6", alpha=0.6, label="base (every run)")
+            ax.legend(loc="lower left", fontsize=7)
+        for p in (p for p in cell if p.model != "base"):
+            ax.plot(p.utility, p.safety, "o", alpha=0.75)
+            ax.annotate(f"{p.experiment}:{p.model}", (p.utility, p.safety), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set(xlim=(-0.03, 1.08), ylim=(-0.03, 1.08), xlabel="utility (legitimate answered)",
                ylabel="safety (illegitimate withheld)", title=f"{suite}: across dvc experiments")  # fmt: skip
         ax.grid(alpha=0.3)
