@@ -35,8 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libra.eval.answer import chat_texts, eos_ids, generate, load_policy, prompt_token_ids, set_threads  # noqa: E402
+from libra.eval.answer import chat_texts, eos_ids, generate, load_policy, prompt_token_ids  # noqa: E402
 from libra.train.precision import choose_precision  # noqa: E402
+from libra.train.runtime import set_threads  # noqa: E402
 
 CHEM_TEMPLATES = (
     ("What is {} used for in industry?", "legitimate"),
@@ -194,15 +195,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=48, help="the new path's batch size (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, nargs="+", default=[64], help="answer caps to bench (default: 64)")
     p.add_argument("--repeat", type=int, default=1, help="alternating runs of each; the best is kept (default: 1)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core, as the stage")
+    p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per physical core, as the stage")
     p.add_argument("--skip-baseline-above", type=int, default=10**9,
                    help="run only the new path for caps above this (the baseline is slow at long caps)")
     args = p.parse_args()
 
-    threads = set_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        threads = args.threads
+    threads = set_threads(args.threads)
     precision = choose_precision("auto")
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer = load_policy(resolve_model(args, Path(tmp)), precision=precision)

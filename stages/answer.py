@@ -21,11 +21,12 @@ import time
 from libra.config import load_params
 from libra.errors import ParamsError
 from libra.eval.answer import (
-    adapter_scale, answer_endpoint, answer_rows, generate, load_policy, read_suite, set_threads, unique_prompts,
+    adapter_scale, answer_endpoint, answer_rows, generate, load_policy, read_suite, unique_prompts,
 )  # fmt: skip
 from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
 from libra.train.precision import choose_precision
+from libra.train.runtime import set_threads
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,7 +59,7 @@ def main() -> None:
 
     # Answer
     if scale is not None:
-        threads = set_threads()
+        threads = set_threads(0)
         precision = choose_precision(params.compute.precision)
         model, tokenizer = load_policy(args.base, args.adapter if scale else None, scale=scale, precision=precision)
         print(f"answer: {prompts.height} prompts of {where} with {args.model_name} on {model.device} "

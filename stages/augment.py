@@ -41,10 +41,11 @@ def main() -> None:
     start = time.perf_counter()
     generate = None
     if params.self_distill_legit or params.contrast or params.catalog_compounds:
-        from libra.eval.answer import load_policy, set_threads
+        from libra.eval.answer import load_policy
         from libra.train.precision import choose_precision
+        from libra.train.runtime import set_threads
 
-        set_threads()
+        set_threads(0)
         precision = choose_precision(all_params.compute.precision)
         print(f"augment: precision {precision.precision} ({precision.reason})", flush=True)
         model, tokenizer = load_policy(args.model, precision=precision)

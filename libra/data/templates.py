@@ -176,11 +176,10 @@ GENERAL_OVER_REFUSALS: tuple[str, ...] = (
 def fill(template: str, *, compound: str, regulation: str = "none", task: str = "synthesis") -> str:
     intent = INTENT_PHRASES.get(task, "this request about {compound}" if compound else "this request").format(compound=compound)
     # A task without a phrase (contrast rows' "general") fills only templates that do not use one.
-    task_phrase = TASK_PHRASES.get(task, "{task_phrase}")
-    text = template.format(compound=compound, regulation=regulation_name(regulation), task_phrase=task_phrase, intent=intent)
-    if "{task_phrase}" in text:
+    if task not in TASK_PHRASES and "{task_phrase}" in template:
         raise ValueError(f"template {template!r} needs a task phrase, and task {task!r} has none")
-    return text
+    task_phrase = TASK_PHRASES.get(task, "")
+    return template.format(compound=compound, regulation=regulation_name(regulation), task_phrase=task_phrase, intent=intent)
 
 
 _LABEL_PREFIX = re.compile(

@@ -142,13 +142,6 @@ def load_policy(
     return model, tokenizer
 
 
-def set_threads() -> int:
-    """One torch thread per physical core the process may run on (libra.train.runtime.set_threads)."""
-    from libra.train.runtime import set_threads as set_runtime_threads
-
-    return set_runtime_threads(0)
-
-
 # --- generation -------------------------------------------------------------------------
 
 
