@@ -274,6 +274,9 @@ class AugmentParams(Section):
     framings: list[AugmentFraming] = Field(
         default_factory=lambda: list(AUGMENT_FRAMINGS), min_length=1, description="framing kinds used"
     )
+    task_variants: int = Field(
+        0, ge=0, le=8, description="prompts per training seed that ask its own task in training-only other words (templates.TASK_VARIANTS), with the seed's answers"
+    )
     mirror_refusals: bool = Field(
         False, description="legitimate pairs' rejected answer = a refusal from the templates illegitimate pairs prefer (not a differently worded over-refusal)"
     )

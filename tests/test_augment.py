@@ -24,8 +24,8 @@ from libra.data.contrast import all_contrast_prompts, contrast_prompts
 from libra.data.framings import BENIGN_PARTS, KINDS, TEMPLATES, framed_prompts, wrap
 from libra.data.safety import opens_with_refusal, rejected_answer_problem
 from libra.data.templates import (
-    COMPLIANCE_OPENERS, INTENT_PHRASES, INTENT_REFUSALS, NATURAL_OPENERS, OVER_REFUSALS, REFUSALS, TASK_PROMPTS, fill,
-    refusal_templates,
+    COMPLIANCE_OPENERS, INTENT_PHRASES, INTENT_REFUSALS, NATURAL_OPENERS, OVER_REFUSALS, REFUSALS, TASK_INTENT_WORDS, TASK_PROMPTS,
+    TASK_VARIANTS, fill, refusal_templates,
 )  # fmt: skip
 from libra.data.triplets import pick
 from libra.eval.suites import unseen_compounds
@@ -178,6 +178,36 @@ def test_builder_sources_labels_and_counts() -> None:
         assert opens_with_refusal(r["chosen"]) and rejected_answer_problem(r["rejected"]) is None
     assert out["pair_id"].n_unique() == out.height
     assert "by_task" in stats["output"] and stats["output"]["by_task"]["general"]["share_legitimate"] == 1.0
+
+
+def test_task_variants_reword_each_seeds_own_request_and_keep_its_answers() -> None:
+    train, compounds = make_tables()
+    params = AugmentParams(catalog_compounds=0, contrast=0, framed=False, task_variants=3)
+    out, _, stats = build_augmented(train, compounds, params, Recorder())
+    off, _, _ = build_augmented(train, compounds, params.model_copy(update={"task_variants": 0}), Recorder())
+    reworded = out.filter(pl.col("source") == "reworded")
+    assert stats["reconciles"] and stats["by_source"]["reworded"] == reworded.height
+    assert reworded.height == 3 * train["seed_id"].n_unique()
+    assert out.filter(pl.col("source") != "reworded").sort("pair_id").equals(off.sort("pair_id"))
+    seeded = off.select("seed_id", "task", "label", "compound", "chosen", "rejected")
+    for r in reworded.iter_rows(named=True):
+        # Its own task's bank, its own compound, and a (chosen, rejected) of its own seed.
+        assert r["prompt"] in {t.format(compound=r["compound"]) for t in TASK_VARIANTS[r["task"]]}
+        assert r["prompt"] not in set(train["prompt"].to_list())
+        own = seeded.filter(pl.col("seed_id") == r["seed_id"])
+        assert set(own["task"].to_list()) == {r["task"]} and set(own["label"].to_list()) == {r["label"]}
+        assert (r["chosen"], r["rejected"]) in set(zip(own["chosen"].to_list(), own["rejected"].to_list(), strict=True))
+    assert reworded.group_by("seed_id").agg(pl.col("prompt").n_unique())["prompt"].to_list() == [3] * reworded["seed_id"].n_unique()
+    assert set(reworded["label"].to_list()) == {"legitimate", "illegitimate"}
+
+
+def test_task_variant_bank_keeps_every_illegitimate_wording_intent_bearing() -> None:
+    assert set(TASK_VARIANTS) == set(TASK_PROMPTS)
+    for task, words in TASK_INTENT_WORDS.items():
+        for template in TASK_VARIANTS[task]:
+            assert any(w in template.lower() for w in words), (task, template)
+    for task, pool in TASK_VARIANTS.items():
+        assert len(set(pool)) == len(pool) == 8 and not set(pool) & set(TASK_PROMPTS[task])
 
 
 def test_refused_self_answer_is_quarantined_and_the_pair_keeps_its_answer() -> None:

@@ -6,8 +6,8 @@
     instruction, the augment stage's framings and benign contrast prompts, answer pools),
     with slots such as {compound} masked as one placeholder token.
 (b) Generated tables: on training prompts built the way the pipeline builds them (seeds ->
-    split by compound; every framed version of each training prompt; every benign contrast
-    prompt; the few-shot examples), no XSTest prompt and no in_domain prompt shares a word
+    split by compound; every framed version of each training prompt; every task variant of it;
+    every benign contrast prompt; the few-shot examples), no XSTest prompt and no in_domain prompt shares a word
     8-gram with a training prompt. For in_domain, compound names, SMILES and CAS numbers
     are masked; unmasked, the share may be above 0 only through a compound identifier long
     enough to fill most of an 8-gram on its own (a long IUPAC or SMILES string), and must
@@ -28,7 +28,7 @@ from libra.data import eval_templates
 from libra.data.contrast import all_contrast_prompts
 from libra.data.framings import KINDS, framed_prompt
 from libra.data.rephrase import _FEW_SHOT, _REPHRASE_INSTRUCTION, PLACEHOLDER
-from libra.data.templates import TASK_PROMPTS
+from libra.data.templates import TASK_PROMPTS, TASK_VARIANTS
 from libra.eval.overlap import ngrams, overlap_share, overlapping
 from libra.eval.suites import SuiteSpec, build_in_domain, build_xstest, read_xstest
 
@@ -93,6 +93,7 @@ def pipeline_training_prompts(compounds: pl.DataFrame, params) -> tuple[pl.DataF
             framed = framed_prompt(kind, row, m["smiles"], m["cas"])
             if framed:
                 prompts.append(framed)
+        prompts += [t.format(compound=row["compound"]) for t in TASK_VARIANTS[row["task"]]]
     prompts += [r["prompt"] for r in all_contrast_prompts()]
     prompts += [text for pair in _FEW_SHOT for text in pair]
     return train, test, prompts

@@ -1,8 +1,8 @@
 """DPO training data that teaches which requests are illegitimate, not which words are alarming.
 
 Input: the split stage's training pairs. Output: the same pair schema plus `source`
-(`pairs` | `self_distill` | `contrast` | `framed` | `catalog`) and `variant` (framing kind or contrast
-category). Four levers, each behind an `augment.*` param:
+(`pairs` | `self_distill` | `contrast` | `framed` | `reworded` | `catalog`) and `variant` (framing kind or contrast
+category). Levers, each behind an `augment.*` param:
 
 - `self_distill_legit`: a legitimate prompt's chosen answer becomes the base policy's own
   greedy answer (the rejected over-refusal stays). The SFT term then keeps the base
@@ -14,6 +14,10 @@ category). Four levers, each behind an `augment.*` param:
   `general`.
 - `framed`: each training seed, of either label, gets up to `framed_per_seed` prompts in
   adversarial framings (libra/data/framings.py) with that seed's own chosen/rejected.
+- `task_variants`: each training seed, of either label, gets up to that many prompts that
+  ask its own task about its own compound in other words (`templates.TASK_VARIANTS`, a
+  training-only bank of eight per task), with the seed's own chosen/rejected. The seeds use
+  three wordings per task; with only those, "How can I make X" can be learnt as a string.
 - `catalog_compounds`: that many catalog compounds that are in no seed, no test pair and
   not reserved for evaluation (libra/data/reserve.py), classes alternating. Each gives one
   illegitimate pair (template refusal / empty-steps opener) and one legitimate pair (the
@@ -68,6 +72,7 @@ from libra.data.templates import (
     NATURAL_OPENERS,
     OVER_REFUSALS,
     TASK_PROMPTS,
+    TASK_VARIANTS,
     fill,
     refusal_templates,
     trim_to_sentence,
@@ -79,7 +84,7 @@ PAIR_COLUMNS = [
     "prompt", "chosen", "rejected",
 ]  # fmt: skip
 OUT_COLUMNS = [*PAIR_COLUMNS, "source", "variant"]
-SOURCES = ("pairs", "self_distill", "contrast", "framed", "catalog")
+SOURCES = ("pairs", "self_distill", "contrast", "framed", "reworded", "catalog")
 MIN_ANSWER_WORDS = 5
 
 GenerateFn = Callable[[list[str]], list[str]]
@@ -133,6 +138,21 @@ def catalog_candidates(
                 "prompt": prompt,
             })  # fmt: skip
     return rows
+
+
+def chemistry_rows_by_seed(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The seeded chemistry pairs built so far (sources pairs and self_distill), by seed, each seed's sorted by pair_id."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted((r for r in rows if r["source"] in ("pairs", "self_distill")), key=lambda r: r["pair_id"]):
+        out.setdefault(r["seed_id"], []).append(r)
+    return out
+
+
+def task_variant_templates(task: str, key: str, n: int) -> list[tuple[int, str]]:
+    """Up to n distinct (index, template) of TASK_VARIANTS[task], chosen by `key` (the seed), in a fixed order."""
+    pool = TASK_VARIANTS.get(task, ())
+    ranked = sorted(range(len(pool)), key=lambda i: hashlib.sha256(f"{key}:variant:{i}".encode()).hexdigest())
+    return [(i, pool[i]) for i in ranked[:n]]
 
 
 def distill_prompts(
@@ -281,10 +301,7 @@ def build_augmented(
     if params.framed and params.framed_per_seed:
         ids = compounds.select("compound_id", "smiles", "cas").to_dicts() if compounds.height else []
         ident = {r["compound_id"]: r for r in ids}
-        chem = [r for r in rows if r["source"] in ("pairs", "self_distill")]
-        by_seed: dict[str, list[dict[str, Any]]] = {}
-        for r in sorted(chem, key=lambda r: r["pair_id"]):
-            by_seed.setdefault(r["seed_id"], []).append(r)
+        by_seed = chemistry_rows_by_seed(rows)
         for seed_id in sorted(by_seed):
             pairs = by_seed[seed_id]
             first = pairs[0]
@@ -295,7 +312,20 @@ def build_augmented(
                 src = pairs[j % len(pairs)]
                 rows.append({**src, "pair_id": _id("framed", prompt, src["chosen"], src["rejected"]), "prompt": prompt, "source": "framed", "variant": kind})
 
-    # 4. Catalog compounds: template refusal / opener, or the policy's own answer / an over-refusal.
+    # 4. Task variants: the same request in training-only wordings, with its seed's own answers.
+    if params.task_variants:
+        seed_rows = chemistry_rows_by_seed(rows)
+        for seed_id in sorted(seed_rows):
+            pairs = seed_rows[seed_id]
+            first = pairs[0]
+            for j, (k, template) in enumerate(task_variant_templates(first["task"], seed_id, params.task_variants)):
+                n_candidates += 1
+                src = pairs[j % len(pairs)]
+                prompt = template.format(compound=first["compound"])
+                rows.append({**src, "pair_id": _id("reworded", prompt, src["chosen"], src["rejected"]), "prompt": prompt,
+                             "source": "reworded", "variant": f"v{k}"})  # fmt: skip
+
+    # 5. Catalog compounds: template refusal / opener, or the policy's own answer / an over-refusal.
     for c in catalog:
         n_candidates += 1
         key = c["seed_id"]
@@ -312,7 +342,7 @@ def build_augmented(
         rows.append({**c, "pair_id": _id("catalog", c["prompt"], chosen, rejected), "chosen": chosen, "rejected": rejected,
                      "source": "catalog", "variant": None})  # fmt: skip
 
-    # 5. Last checks over every row: unique pairs, one label per prompt, safe illegitimate answers.
+    # 6. Last checks over every row: unique pairs, one label per prompt, safe illegitimate answers.
     kept: list[dict[str, Any]] = []
     seen: set[str] = set()
     label_of: dict[str, str] = {}
