@@ -236,7 +236,7 @@ class DPOParams(Section):
         "linear", description="learning-rate schedule"
     )
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="share of steps spent warming up")
-    max_steps: int = Field(120, ge=1, description="optimiser steps")
+    max_steps: int = Field(240, ge=1, description="optimiser steps")
     batch_size: int = Field(4, ge=1, description="pairs per step (global batch = batch_size * grad_accum)")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     max_prompt_length: int = Field(96, ge=8, description="prompt tokens kept (the last ones)")
@@ -275,7 +275,7 @@ class AugmentParams(Section):
         default_factory=lambda: list(AUGMENT_FRAMINGS), min_length=1, description="framing kinds used"
     )
     task_variants: int = Field(
-        0, ge=0, le=8, description="prompts per training seed that ask its own task in training-only other words (templates.TASK_VARIANTS), with the seed's answers"
+        3, ge=0, le=8, description="prompts per training seed that ask its own task in training-only other words (templates.TASK_VARIANTS), with the seed's answers"
     )
     mirror_refusals: bool = Field(
         False, description="legitimate pairs' rejected answer = a refusal from the templates illegitimate pairs prefer (not a differently worded over-refusal)"

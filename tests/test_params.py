@@ -151,7 +151,7 @@ def test_bom_in_params_file_is_accepted(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "needles"),
     [
-        ("max_steps: 120", "max_steps: true", ["dpo.max_steps = true", "not a number"]),
+        ("max_steps: 240", "max_steps: true", ["dpo.max_steps = true", "not a number"]),
         ("  beta: 0.1", "  beta: .inf", ["dpo.beta", "finite number"]),
         ("  beta: 0.1", "  beta: .nan", ["dpo.beta", "finite number"]),
         ("  beta: 0.1", "  beta: '0.1'", ["dpo.beta", "remove the quotes"]),
@@ -178,7 +178,7 @@ def test_bad_value_is_one_line_with_line_and_key(tmp_path: Path, old: str, new: 
 
 def test_several_bad_values_are_reported_together(tmp_path: Path) -> None:
     text = PARAMS.read_text()
-    for old, new in (("  beta: 0.1", "  beta: .inf"), ("max_steps: 120", "max_steps: true"), ("test_frac: 0.25", "test_frac: 2")):
+    for old, new in (("  beta: 0.1", "  beta: .inf"), ("max_steps: 240", "max_steps: true"), ("test_frac: 0.25", "test_frac: 2")):
         text = text.replace(old, new, 1)
     path = tmp_path / "params.yaml"
     path.write_text(text)
