@@ -164,7 +164,7 @@ def test_policy_is_never_asked_an_illegitimate_prompt() -> None:
 
 def test_builder_sources_labels_and_counts() -> None:
     train, compounds = make_tables()
-    out, quarantine, stats = build_augmented(train, compounds, AugmentParams(catalog_compounds=0, contrast=20, framed_per_seed=2), Recorder())
+    out, quarantine, stats = build_augmented(train, compounds, AugmentParams(catalog_compounds=0, contrast=20, framed_per_seed=2, task_variants=0), Recorder())
     assert out.columns == OUT_COLUMNS
     assert stats["reconciles"] and stats["in"] == stats["out"] + stats["quarantined"]
     assert {s for s, n in stats["by_source"].items() if n} == {"pairs", "self_distill", "contrast", "framed"}
@@ -309,7 +309,7 @@ def test_catalog_lever_asks_the_policy_only_legitimate_prompts() -> None:
 
 def test_mirrored_refusals_are_the_templates_illegitimate_pairs_prefer() -> None:
     train, compounds = make_tables()
-    params = AugmentParams(contrast=10, framed_per_seed=1, mirror_refusals=True, catalog_compounds=4)
+    params = AugmentParams(contrast=10, framed_per_seed=1, mirror_refusals=True, catalog_compounds=4, task_variants=0)
     out, _, stats = build_augmented(train, catalog_table(), params, Recorder(), seeds=default_seeds(), test=train.head(0))
     refusal_forms = [
         re.escape(t).replace(r"\{compound\}", ".+").replace(r"\{regulation\}", ".+").replace(r"\{intent\}", ".+")
@@ -324,14 +324,14 @@ def test_mirrored_refusals_are_the_templates_illegitimate_pairs_prefer() -> None
         assert "for this purpose" not in r["rejected"] or r["task"] in INTENT_PHRASES, (r["task"], r["rejected"])
     for r in out.filter(pl.col("label") == "illegitimate").iter_rows(named=True):
         assert any(re.fullmatch(f, r["chosen"]) for f in refusal_forms)
-    off, _, _ = build_augmented(train, compounds, AugmentParams(catalog_compounds=0, contrast=10, framed_per_seed=1), Recorder())
+    off, _, _ = build_augmented(train, compounds, AugmentParams(catalog_compounds=0, contrast=10, framed_per_seed=1, task_variants=0), Recorder())
     assert not any(any(re.fullmatch(f, t) for f in refusal_forms) for t in off.filter(pl.col("label") == "legitimate")["rejected"])
     assert stats["reconciles"]
 
 
 def test_natural_openers_are_safe_and_replace_every_illegitimate_rejected() -> None:
     train, _ = make_tables()
-    params = AugmentParams(contrast=0, framed_per_seed=1, natural_openers=True, catalog_compounds=4)
+    params = AugmentParams(contrast=0, framed_per_seed=1, natural_openers=True, catalog_compounds=4, task_variants=0)
     out, _, stats = build_augmented(train, catalog_table(), params, Recorder(), seeds=default_seeds(), test=train.head(0))
     illegit = out.filter(pl.col("label") == "illegitimate")
     assert set(illegit["source"].to_list()) == {"pairs", "framed", "catalog"} and stats["reconciles"]
@@ -374,13 +374,13 @@ def test_augment_stage_on_a_tiny_model(tmp_path: Path, tiny_base: Path) -> None:
     assert quarantine.height == stats["quarantined"] + stats["self_answers"]["chemistry_quarantined"]
     assert stats["self_answers"]["illegitimate_prompts_generated"] == 0
     # Random weights write token soup; some may fail the checks, but every lever shows up.
-    assert stats["by_source"]["framed"] > 0
+    assert stats["by_source"]["framed"] > 0 and stats["by_source"]["reworded"] > 0
     dropped_contrast = quarantine.filter(pl.col("seed_id").str.starts_with("contrast-") & (pl.col("field") == "chosen"))
     assert stats["by_source"]["contrast"] + dropped_contrast.height == 10
     assert stats["self_answers"]["prompts_generated"] == 4 + 10  # four legitimate training prompts + contrast
     assert set(out.filter(pl.col("source").is_in(["self_distill", "contrast"]))["label"].to_list()) <= {"legitimate"}
     illegit = out.filter(pl.col("label") == "illegitimate")
-    assert set(illegit["source"].to_list()) <= {"pairs", "framed"}
+    assert set(illegit["source"].to_list()) <= {"pairs", "framed", "reworded"}
     assert all(opens_with_refusal(t) for t in illegit["chosen"].to_list())
 
 

@@ -123,6 +123,9 @@ def test_data_outputs_are_safe_and_reconciled(project: Path) -> None:
     suite = pl.read_parquet(project / "data/suites/in_domain.parquet")
     unseen = set(suite.filter(pl.col("partition") != "seen_compound")["compound_id"].to_list())
     assert catalog and not catalog & (unseen | set(test["compound_id"].to_list()))
+    # Task rewordings (augment.task_variants) are training prompts that no suite prompt repeats.
+    reworded = set(train_dpo.filter(pl.col("source") == "reworded")["prompt"].to_list())
+    assert reworded and not reworded & set(suite["prompt"].to_list())
     import datasets
 
     ds = datasets.load_dataset("parquet", data_files={"train": str(project / "data/train.parquet")})
