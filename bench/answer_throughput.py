@@ -1,13 +1,14 @@
 """python bench/answer_throughput.py [--model models/base | --tiny] [--n 48] [--batch-size 48] [--max-new-tokens 64 128]
 
 Today's generation (`generate_baseline`: transformers' `generate`, batches of 16, left
-padding; kept here verbatim as the reference) against the answer stage's
+padding; kept here as the reference, run in the same precision: under CPU bf16 autocast
+where the answer stage would use it) against the answer stage's
 (libra.eval.answer.generate: shared-prefix KV cache, finished rows dropped, bigger
 batches), on the same prompts and the same model, side by side in one run, at each
 --max-new-tokens. For each it prints prompts/s, and the share of the compute floor that
 rate reaches: 2 x params FLOPs for every prompt and generated token, at the matmul rate
-of the chosen precision (libra.train.precision) measured in this run, at the model's own
-shapes. Then it checks that the greedy answers are the same token for token and, for any
+of the chosen precision (libra.train.precision; bf16 under autocast) measured in this run,
+at the model's own shapes. Then it checks that the greedy answers are the same token for token and, for any
 that differ, where and by how much the top two logits of the reference differed there
 (a near-tie flipped by floating-point summation order, or a real difference).
 
@@ -56,8 +57,14 @@ COMPOUNDS = ("aspirin", "ethanol", "acetone", "caffeine", "sarin", "fentanyl", "
 
 
 def generate_baseline(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int,
-                      max_new_tokens: int, greedy: bool = True, progress: bool = True) -> list[str]:  # fmt: skip
-    """Answers to `prompts`, in their order. Greedy decoding is deterministic for a given batch size."""
+                      max_new_tokens: int, greedy: bool = True, progress: bool = True,
+                      autocast_bf16: bool = False) -> list[str]:  # fmt: skip
+    """Answers to `prompts`, in their order. Greedy decoding is deterministic for a given batch size.
+
+    `autocast_bf16` runs it under CPU bfloat16 autocast, as the answer stage runs on a CPU
+    with native bf16, so both paths compute in the same precision."""
+    import contextlib
+
     import torch
     from tqdm.auto import tqdm
 
@@ -74,7 +81,8 @@ def generate_baseline(model: Any, tokenizer: Any, prompts: Sequence[str], *, bat
         torch.manual_seed(0)
     answers: list[str] = [""] * len(texts)
     bar = tqdm(total=len(texts), desc="answering", unit="prompt", disable=not progress)
-    with torch.inference_mode():
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext()
+    with torch.inference_mode(), cast:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -206,17 +214,20 @@ def main() -> None:
         model, tokenizer = load_policy(resolve_model(args, Path(tmp)), precision=precision)
     prompts, source = bench_prompts(args.n)
     n_params = sum(t.numel() for t in model.parameters())
-    gflops, gflops_cpu = model_matmul_gflops(model, model.dtype)
+    # Under bf16 autocast the matmuls run in bf16, so the floor is at the bf16 rate.
+    matmul_dtype = torch.bfloat16 if precision.autocast_bf16 else model.dtype
+    gflops, gflops_cpu = model_matmul_gflops(model, matmul_dtype)
     prompt_tokens = sum(len(x) for x in prompt_token_ids(tokenizer, prompts))
     load = os.getloadavg()
     print(f"machine: torch capability {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} CPUs, "
           f"{threads} threads, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
     print(f"precision: {precision.precision} ({precision.reason})")
     print(f"model: {model.config.num_hidden_layers} layers, {n_params / 1e6:.1f}M params, {model.dtype}, on {model.device}; "
-          f"matmul {gflops:.1f} GFLOP/s wall, {gflops_cpu:.1f} GFLOP per CPU-s, at its MLP shape")  # fmt: skip
+          f"{matmul_dtype} matmul {gflops:.1f} GFLOP/s wall, {gflops_cpu:.1f} GFLOP per CPU-s, at its MLP shape")  # fmt: skip
     print(f"prompts: {len(prompts)} ({source}), {prompt_tokens} prompt tokens with the chat template", flush=True)
     warm = {"progress": False}
-    generate_baseline(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, **warm)
+    base_kw = {"autocast_bf16": precision.autocast_bf16}
+    generate_baseline(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, **warm, **base_kw)
     generate(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, precision=precision, **warm)
 
     for cap in args.max_new_tokens:
@@ -228,7 +239,7 @@ def main() -> None:
             if do_base:
                 t, c = time.perf_counter(), time.process_time()
                 outs["baseline"] = generate_baseline(model, tokenizer, prompts, batch_size=args.baseline_batch_size,
-                                                     max_new_tokens=cap, **warm)  # fmt: skip
+                                                     max_new_tokens=cap, **warm, **base_kw)  # fmt: skip
                 runs["baseline"].append(time.perf_counter() - t)
                 cpus["baseline"].append(time.process_time() - c)
                 print(f"  [cap {cap}] baseline run: {runs['baseline'][-1]:.1f} s wall, {cpus['baseline'][-1]:.1f} s CPU, "

@@ -214,7 +214,7 @@ def test_refused_self_answer_is_quarantined_and_the_pair_keeps_its_answer() -> N
     train, compounds = make_tables()
     target = train.filter(pl.col("label") == "legitimate")["prompt"][0]
     out, quarantine, stats = build_augmented(
-        train, compounds, AugmentParams(catalog_compounds=0, contrast=0, framed=False), Recorder(refuse={target})
+        train, compounds, AugmentParams(catalog_compounds=0, contrast=0, framed=False, task_variants=0), Recorder(refuse={target})
     )
     kept = out.filter(pl.col("prompt") == target)
     assert kept.height == 2 and set(kept["source"].to_list()) == {"pairs"}
@@ -227,7 +227,7 @@ def test_levers_off_give_the_input_pairs() -> None:
     train, compounds = make_tables()
     policy = Recorder()
     out, quarantine, stats = build_augmented(
-        train, compounds, AugmentParams(catalog_compounds=0, self_distill_legit=False, contrast=0, framed=False), policy
+        train, compounds, AugmentParams(catalog_compounds=0, self_distill_legit=False, contrast=0, framed=False, task_variants=0), policy
     )
     assert not policy.asked and quarantine.height == 0
     assert sorted(out["pair_id"].to_list()) == sorted(train["pair_id"].to_list())
