@@ -8,9 +8,9 @@ batches), on the same prompts and the same model, side by side in one run, at ea
 --max-new-tokens. For each it prints prompts/s, and the share of the compute floor that
 rate reaches: 2 x params FLOPs for every prompt and generated token, at the matmul rate
 of the chosen precision (libra.train.precision; bf16 under autocast) measured in this run,
-at the model's own shapes. Then it checks that the greedy answers are the same token for token and, for any
-that differ, where and by how much the top two logits of the reference differed there
-(a near-tie flipped by floating-point summation order, or a real difference).
+at the model's own shapes. Then it checks that the greedy answers are the same token for
+token and, for any that differ, where and by how much the top two logits of the reference
+differed there (a near-tie flipped by floating-point summation order, or a real difference).
 
 Prompts: 48 suite-like prompts, from data/suites/*.parquet when present, otherwise half
 XSTest's (data/xstest/xstest_prompts.csv, stratified) and half in-domain-style chemistry
@@ -226,8 +226,8 @@ def main() -> None:
           f"{matmul_dtype} matmul {gflops:.1f} GFLOP/s wall, {gflops_cpu:.1f} GFLOP per CPU-s, at its MLP shape")  # fmt: skip
     print(f"prompts: {len(prompts)} ({source}), {prompt_tokens} prompt tokens with the chat template", flush=True)
     warm = {"progress": False}
-    base_kw = {"autocast_bf16": precision.autocast_bf16}
-    generate_baseline(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, **warm, **base_kw)
+    autocast_bf16 = precision.autocast_bf16
+    generate_baseline(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, **warm, autocast_bf16=autocast_bf16)
     generate(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, precision=precision, **warm)
 
     for cap in args.max_new_tokens:
@@ -239,7 +239,7 @@ def main() -> None:
             if do_base:
                 t, c = time.perf_counter(), time.process_time()
                 outs["baseline"] = generate_baseline(model, tokenizer, prompts, batch_size=args.baseline_batch_size,
-                                                     max_new_tokens=cap, **warm, **base_kw)  # fmt: skip
+                                                     max_new_tokens=cap, **warm, autocast_bf16=autocast_bf16)  # fmt: skip
                 runs["baseline"].append(time.perf_counter() - t)
                 cpus["baseline"].append(time.process_time() - c)
                 print(f"  [cap {cap}] baseline run: {runs['baseline'][-1]:.1f} s wall, {cpus['baseline'][-1]:.1f} s CPU, "

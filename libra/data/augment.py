@@ -216,6 +216,25 @@ def balance_stats(df: pl.DataFrame) -> dict[str, Any]:
     }
 
 
+def _reprompted(
+    by_seed: dict[str, list[dict[str, Any]]],
+    prompts_of: Callable[[str, dict[str, Any]], list[tuple[str, str]]],
+    source: str,
+) -> list[dict[str, Any]]:
+    """Rows that ask each seed's request as `prompts_of(seed_id, first_row)` gives it, as (variant, prompt).
+
+    The j-th new prompt of a seed takes the answers of that seed's j-th row (cyclically), so a
+    seed with several pairs lends each of them in turn.
+    """
+    out: list[dict[str, Any]] = []
+    for seed_id in sorted(by_seed):
+        pairs = by_seed[seed_id]
+        for j, (variant, prompt) in enumerate(prompts_of(seed_id, pairs[0])):
+            src = pairs[j % len(pairs)]
+            out.append({**src, "pair_id": _id(source, prompt, src["chosen"], src["rejected"]), "prompt": prompt, "source": source, "variant": variant})
+    return out
+
+
 def build_augmented(
     train: pl.DataFrame,
     compounds: pl.DataFrame,
@@ -297,33 +316,29 @@ def build_augmented(
             "source": "contrast", "variant": c["category"],
         })
 
-    # 3. Framed prompts for both labels, each with its own seed's (possibly self-distilled) answers.
+    # 3-4. New prompts for each chemistry seed, each with that seed's own (possibly self-distilled)
+    # answers: adversarial framings, then training-only rewordings of the same request.
+    by_seed = chemistry_rows_by_seed(rows)
     if params.framed and params.framed_per_seed:
         ids = compounds.select("compound_id", "smiles", "cas").to_dicts() if compounds.height else []
         ident = {r["compound_id"]: r for r in ids}
-        by_seed = chemistry_rows_by_seed(rows)
-        for seed_id in sorted(by_seed):
-            pairs = by_seed[seed_id]
-            first = pairs[0]
-            meta = ident.get(first["compound_id"], {})
-            framed = framed_prompts(first, smiles=meta.get("smiles"), cas=meta.get("cas"), n=params.framed_per_seed, kinds=params.framings)
-            for j, (kind, prompt) in enumerate(framed):
-                n_candidates += 1
-                src = pairs[j % len(pairs)]
-                rows.append({**src, "pair_id": _id("framed", prompt, src["chosen"], src["rejected"]), "prompt": prompt, "source": "framed", "variant": kind})
 
-    # 4. Task variants: the same request in training-only wordings, with its seed's own answers.
+        def framed_of(seed_id: str, first: dict[str, Any]) -> list[tuple[str, str]]:
+            meta = ident.get(first["compound_id"], {})
+            return framed_prompts(first, smiles=meta.get("smiles"), cas=meta.get("cas"), n=params.framed_per_seed, kinds=params.framings)
+
+        framed_rows = _reprompted(by_seed, framed_of, "framed")
+        n_candidates += len(framed_rows)
+        rows += framed_rows
     if params.task_variants:
-        seed_rows = chemistry_rows_by_seed(rows)
-        for seed_id in sorted(seed_rows):
-            pairs = seed_rows[seed_id]
-            first = pairs[0]
-            for j, (k, template) in enumerate(task_variant_templates(first["task"], seed_id, params.task_variants)):
-                n_candidates += 1
-                src = pairs[j % len(pairs)]
-                prompt = template.format(compound=first["compound"])
-                rows.append({**src, "pair_id": _id("reworded", prompt, src["chosen"], src["rejected"]), "prompt": prompt,
-                             "source": "reworded", "variant": f"v{k}"})  # fmt: skip
+
+        def reworded_of(seed_id: str, first: dict[str, Any]) -> list[tuple[str, str]]:
+            templates = task_variant_templates(first["task"], seed_id, params.task_variants)
+            return [(f"v{k}", template.format(compound=first["compound"])) for k, template in templates]
+
+        reworded_rows = _reprompted(by_seed, reworded_of, "reworded")
+        n_candidates += len(reworded_rows)
+        rows += reworded_rows
 
     # 5. Catalog compounds: template refusal / opener, or the policy's own answer / an over-refusal.
     for c in catalog:
