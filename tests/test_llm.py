@@ -194,3 +194,48 @@ def test_cache_cli_stats_and_clear(local_url: str, tmp_path: Path) -> None:
     assert stats["entries"] == 1 and stats["by_stage"] == {"cli": 1}
     assert "removed 1" in run("clear").stdout
     assert json.loads(run("stats").stdout)["entries"] == 0
+
+
+def test_llama_server_turns_extra_buffers_off_only_on_amx_cpus() -> None:
+    """The AMX branch and the default branch, decided from injected CPU flags (not this machine's)."""
+    from libra.llm.llama_server import EXTRA_BUFTS_ENV, use_extra_buffers
+
+    avx2 = frozenset({"avx", "avx2", "fma", "f16c"})
+    zen5 = avx2 | {"avx512f", "avx512_bf16", "avx512_vnni"}
+    sapphire = zen5 | {"amx_bf16", "amx_tile", "amx_int8"}
+    assert use_extra_buffers(avx2, {}) == (True, "llama.cpp default")
+    assert use_extra_buffers(zen5, {})[0] is True
+    on, why = use_extra_buffers(sapphire, {})
+    assert on is False and "amx_bf16/amx_int8/amx_tile" in why and "20824" in why
+    assert use_extra_buffers(sapphire, {EXTRA_BUFTS_ENV: "1"}) == (True, f"{EXTRA_BUFTS_ENV}=1")
+    assert use_extra_buffers(avx2, {EXTRA_BUFTS_ENV: "0"})[0] is False
+    with pytest.raises(ValueError, match=f"{EXTRA_BUFTS_ENV}='yes'.*1.*0"):
+        use_extra_buffers(avx2, {EXTRA_BUFTS_ENV: "yes"})
+
+
+def test_llama_server_with_plain_buffers_serves_a_completion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain-buffer branch (the one AMX CPUs take), forced, through the real server, on any CPU."""
+    from openai import OpenAI
+
+    from libra.config import LocalServer
+    from libra.llm.llama_server import EXTRA_BUFTS_ENV
+    from libra.llm.local import is_healthy, server_command
+
+    monkeypatch.setenv(EXTRA_BUFTS_ENV, "0")
+    port, log = free_port(), tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(server_command("smollm2-135m-instruct", port, LocalServer()), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not is_healthy(f"http://127.0.0.1:{port}/v1"):
+            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "server not healthy in 120 s"
+            time.sleep(0.25)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        reply = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=8, temperature=0.0,
+                                               messages=[{"role": "user", "content": "Name one use of ethanol."}])  # fmt: skip
+        assert (reply.choices[0].message.content or "").strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert f"llama.cpp extra weight buffers off ({EXTRA_BUFTS_ENV}=0)" in log.read_text(errors="replace")

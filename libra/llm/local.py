@@ -54,7 +54,7 @@ def is_healthy(base_url: str, timeout_s: float = 2.0) -> bool:
 
 def server_command(model_alias: str, port: int, cfg: LocalServer) -> list[str]:
     return [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-m", "libra.llm.llama_server",  # llama_cpp.server, safe on AMX CPUs
         "--model", str(smollm2_gguf()),
         "--model_alias", model_alias,
         "--host", "127.0.0.1",
