@@ -139,6 +139,27 @@ def run_round(trainer: Any, timer: StepTimer, steps: int) -> tuple[list[float], 
     return timer.times[n_times + 1 :], timer.tokens[n_tokens + 1 :]
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::matmul", "aten::linear")  # fmt: skip
+
+
+def profile_steps(trainer: Any, timer: StepTimer, steps: int) -> list[str]:
+    """Where `steps` libra steps spend their CPU time, by op (self time), matmuls apart from the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        secs, _ = run_round(trainer, timer, steps + 1)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    lines = [f"profile of {steps} libra steps ({statistics.mean(secs):.2f} s/step under the profiler, first of {steps + 1} "
+             f"not timed): self CPU time {total / 1e6:.2f} s, matmul and attention kernels {matmul / total:.0%}, the rest "
+             f"{1 - matmul / total:.0%}; top ops by self CPU time:"]  # fmt: skip
+    for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]:
+        lines.append(f"  {e.key[:60]:60s} {e.self_cpu_time_total / 1e6:7.3f} s {e.self_cpu_time_total / total:5.1%}  {e.count:7d} calls")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/base", help="base checkpoint dir (default: %(default)s)")
@@ -147,6 +168,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per path (default: %(default)s)")
     parser.add_argument("--pairs", type=int, default=0, help="use only the first N pairs (0: all; default: %(default)s)")
     parser.add_argument("--paths", default="trl,libra-unpacked,libra", help="paths to time (default: %(default)s)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the timed rounds, profile N more libra steps and print where their CPU time goes (default: off)")  # fmt: skip
     args = parser.parse_args()
 
     from datasets import Dataset
@@ -271,6 +294,9 @@ def main() -> None:
           f"{ref_seconds / ref_floor:.2f}x the floor")  # fmt: skip
     for line in truncation_report(all_pairs, tokenizer, params.max_prompt_length, params.max_length):
         print(line)
+    if args.profile and "libra" in trainers:
+        for line in profile_steps(*trainers["libra"], steps=args.profile):
+            print(line)
 
 
 if __name__ == "__main__":
