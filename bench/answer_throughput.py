@@ -2,9 +2,11 @@
 
 Today's generation (`generate_baseline`: transformers' `generate`, batches of 16, left
 padding; kept here as the reference, run in the same precision: under CPU bf16 autocast
-where the answer stage would use it) against the answer stage's
-(libra.eval.answer.generate: shared-prefix KV cache, finished rows dropped, bigger
-batches), on the same prompts and the same model, side by side in one run, at each
+where the answer stage would use it, with fp32 weights that autocast re-casts at every
+call) against the answer stage's (libra.eval.answer.generate: shared-prefix KV cache,
+finished rows dropped, bigger batches; under autocast its frozen linear weights are
+stored in bf16 once, `precision.bf16_matmul_weights`), on the same prompts and the same
+checkpoint, side by side in one run, at each
 --max-new-tokens. For each it prints prompts/s, and the share of the compute floor that
 rate reaches: 2 x params FLOPs for every prompt and generated token, at the matmul rate
 of the chosen precision (libra.train.precision; bf16 under autocast) measured in this run,
@@ -211,9 +213,13 @@ def main() -> None:
     threads = set_threads(args.threads)
     precision = choose_precision("auto")
     with tempfile.TemporaryDirectory() as tmp:
-        model, tokenizer = load_policy(resolve_model(args, Path(tmp)), precision=precision)
+        checkpoint = resolve_model(args, Path(tmp))
+        # The answer stage's model (on a native-bf16 CPU: frozen linear weights stored in bf16),
+        # and today's: fp32 weights, which autocast casts to bf16 at every call.
+        model, tokenizer = load_policy(checkpoint, precision=precision)
+        baseline_model, _ = load_policy(checkpoint)
     prompts, source = bench_prompts(args.n)
-    n_params = sum(t.numel() for t in model.parameters())
+    n_params = sum(t.numel() for t in baseline_model.parameters())  # a tied LM head counted once
     # Under bf16 autocast the matmuls run in bf16, so the floor is at the bf16 rate.
     matmul_dtype = torch.bfloat16 if precision.autocast_bf16 else model.dtype
     gflops, gflops_cpu = model_matmul_gflops(model, matmul_dtype)
@@ -227,7 +233,7 @@ def main() -> None:
     print(f"prompts: {len(prompts)} ({source}), {prompt_tokens} prompt tokens with the chat template", flush=True)
     warm = {"progress": False}
     autocast_bf16 = precision.autocast_bf16
-    generate_baseline(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, **warm, autocast_bf16=autocast_bf16)
+    generate_baseline(baseline_model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, **warm, autocast_bf16=autocast_bf16)
     generate(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, precision=precision, **warm)
 
     for cap in args.max_new_tokens:
@@ -238,7 +244,7 @@ def main() -> None:
         for _ in range(args.repeat):
             if do_base:
                 t, c = time.perf_counter(), time.process_time()
-                outs["baseline"] = generate_baseline(model, tokenizer, prompts, batch_size=args.baseline_batch_size,
+                outs["baseline"] = generate_baseline(baseline_model, tokenizer, prompts, batch_size=args.baseline_batch_size,
                                                      max_new_tokens=cap, **warm, autocast_bf16=autocast_bf16)  # fmt: skip
                 runs["baseline"].append(time.perf_counter() - t)
                 cpus["baseline"].append(time.process_time() - c)
@@ -272,7 +278,7 @@ def main() -> None:
             print(f"identical greedy answers: {sum(same)}/{len(prompts)}")
             for i, s in enumerate(same):
                 if not s:
-                    print(f"  prompt {i} differs at {first_divergence(model, tokenizer, prompts[i], outs['baseline'][i], outs['new'][i])}")
+                    print(f"  prompt {i} differs at {first_divergence(baseline_model, tokenizer, prompts[i], outs['baseline'][i], outs['new'][i])}")
     print(f"\nload after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; eos ids {sorted(eos_ids(model, tokenizer))}")
 
 

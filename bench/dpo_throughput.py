@@ -41,7 +41,7 @@ from libra.config import load_params
 from libra.io import read_parquet
 from libra.train.dpo import LibraDPOTrainer, dpo_config, lora_config, training_dataset
 from libra.train.encode import conversation, encode_pairs
-from libra.train.precision import choose_precision
+from libra.train.precision import bf16_matmul_weights, choose_precision
 from libra.train.ref_logps import reference_logps
 from libra.train.runtime import seed_everything, set_threads
 
@@ -200,13 +200,15 @@ def main() -> None:
     # libra: encode once, reference pass once (timed apart)
     encoded = encode_pairs(pairs, tokenizer, params.max_prompt_length, params.max_length)
     base = AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype)
+    n_params = sum(p.numel() for p in base.parameters())  # before a tied LM head gets its own bf16 copy
+    if precision.autocast_bf16:
+        bf16_matmul_weights(base.requires_grad_(False))  # as the ref_logps stage does
     start = time.perf_counter()
     ref = reference_logps(base, encoded, tokenizer.pad_token_id, autocast_bf16=precision.autocast_bf16)
     ref_seconds = time.perf_counter() - start
     lens = [(len(p), len(c), len(r)) for p, c, r in encoded.select("prompt_ids", "chosen_ids", "rejected_ids").iter_rows()]
     unpacked_tokens = sum(2 * p + c + r for p, c, r in lens)
     packed_tokens = sum(p + c + r for p, c, r in lens)
-    n_params = sum(p.numel() for p in base.parameters())
     del base
 
     trainers: dict[str, tuple[Any, StepTimer]] = {}

@@ -23,7 +23,7 @@ from libra.config import load_params
 from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
 from libra.train.encode import check_pairs, encode_pairs
-from libra.train.precision import choose_precision
+from libra.train.precision import bf16_matmul_weights, choose_precision
 from libra.train.ref_logps import reference_logps
 from libra.train.runtime import load_base, set_threads
 
@@ -49,6 +49,8 @@ def main() -> None:
     model, tokenizer = load_base(args.model, dtype=precision.dtype)
     if precision.device == "cuda":
         model = model.to("cuda")
+    if precision.autocast_bf16:
+        bf16_matmul_weights(model.requires_grad_(False))
 
     # Compute
     start = time.perf_counter()

@@ -62,3 +62,37 @@ def test_real_machine_detection_runs(tmp_path) -> None:  # noqa: ANN001
     p = choose_precision("auto")  # this machine, whatever it is: a valid decision, measured
     assert p.precision in ("bf16", "fp32")
     assert p.device == "cuda" or (p.matmul_gflops is not None and p.matmul_gflops["float32"] > 0)
+
+
+def test_bf16_matmul_weights_give_the_same_logits_as_autocast_over_fp32_weights(tiny_dirs) -> None:  # type: ignore[no-untyped-def]
+    """Cast once, the frozen linear weights are the operands autocast made at every call: bit-identical logits."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from libra.train.precision import bf16_matmul_weights
+
+    base, adapter = tiny_dirs
+    ids = torch.tensor([[1, 17, 230, 4051, 99, 2, 8, 310]])
+    # SmolLM2 ties its LM head to the input embedding; so does this tiny model.
+    config = AutoConfig.from_pretrained(base, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(ids).logits
+    n = bf16_matmul_weights(model.requires_grad_(False))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        after = model(ids).logits
+    assert n == 2 * 7 + 1  # 7 projections per layer and the LM head
+    assert torch.equal(before, after)
+    assert model.lm_head.weight.dtype == torch.bfloat16 and model.get_input_embeddings().weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for name, p in model.named_parameters() if "norm" in name)
+
+    # A trainable weight (LoRA's, under PEFT) keeps its fp32 master copy.
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter, is_trainable=True)
+    bf16_matmul_weights(peft)
+    lora = [p for name, p in peft.named_parameters() if "lora_" in name]
+    assert lora and all(p.dtype == torch.float32 and p.requires_grad for p in lora)
+    frozen = [m.base_layer.weight for m in peft.modules() if hasattr(m, "base_layer") and hasattr(m.base_layer, "weight")]
+    assert frozen and all(w.dtype == torch.bfloat16 for w in frozen)

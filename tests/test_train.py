@@ -362,7 +362,12 @@ def test_precision_branches_reach_the_trainer_config_and_model_dtype(tiny_base: 
     config = dpo_config(params, tmp_path / "b", world=1, precision=native)
     assert (config.bf16, config.use_cpu) == (False, True)  # TRL's bf16 does not autocast on CPU; libra does
     trainer = tiny_trainer(tiny_base, tmp_path / "bf16", params, native, n=2)
-    assert trainer.model.dtype == torch.float32 and trainer._cpu_bf16
+    assert trainer._cpu_bf16
+    # The frozen base's linear weights are stored in bf16 once; LoRA trains in fp32; embeddings stay fp32.
+    weights = {name: p for name, p in trainer.model.named_parameters()}
+    assert all(p.dtype == torch.float32 and p.requires_grad for name, p in weights.items() if "lora_" in name)
+    assert all(p.dtype == torch.bfloat16 for name, p in weights.items() if name.endswith("base_layer.weight"))
+    assert trainer.model.get_input_embeddings().weight.dtype == torch.float32
     with trainer.autocast_smart_context_manager():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     # One tiny step under bf16 autocast (emulated on an AVX2 CPU: a 2-layer, 64-wide model keeps it short).

@@ -120,6 +120,8 @@ def load_policy(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from libra.train.precision import bf16_matmul_weights
+
     base = Path(base)
     if not (base / "config.json").exists():
         raise LibraError(f"{base} is not a transformers checkpoint (no config.json); run `dvc repro base_model`")
@@ -139,6 +141,9 @@ def load_policy(
             scale_lora(peft_model, scale)
         model = peft_model.merge_and_unload()
     model.to(device=device, dtype=dtype).eval()
+    if precision is not None and precision.autocast_bf16:
+        model.requires_grad_(False)
+        bf16_matmul_weights(model)  # the operands autocast would cast at every decode step, cast once
     return model, tokenizer
 
 

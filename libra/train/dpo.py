@@ -12,7 +12,9 @@ bench/dpo_throughput.py):
   TRL's full-vocabulary metrics (entropy, mean logits, token accuracy), not in the loss;
 - precision comes from `libra.train.precision` (`compute.precision`): fp32 on CPUs
   without native bf16; on a native-bf16 CPU the step runs under
-  `torch.autocast("cpu", bfloat16)` (weights, adapter, optimizer and loss stay fp32);
+  `torch.autocast("cpu", bfloat16)`, with the frozen base's linear weights stored in bf16
+  once (`precision.bf16_matmul_weights`: the same operands autocast would make at every
+  call); the adapter, optimizer and loss stay fp32;
   on CUDA with bf16 the frozen base is bf16 (TRL's `bf16=True`);
 - no gradient checkpointing (TRL's default): a 135M model's activations fit, and
   recomputing them costs a third more compute;
@@ -39,7 +41,7 @@ from libra.config import DPOParams, params_hash
 from libra.errors import InputError, ParamsError
 from libra.io import sha256_file, write_json
 from libra.train.encode import pack_pairs
-from libra.train.precision import Precision
+from libra.train.precision import Precision, bf16_matmul_weights
 from libra.train.ref_logps import pair_and_token_logps
 from libra.train.runtime import load_tokenizer, world_size
 from libra.train.trl_compat import REF_COLUMNS, PretokenizedDPOTrainer, check_trainer, check_trl, completion_positions_only
@@ -84,6 +86,8 @@ class LibraDPOTrainer(PretokenizedDPOTrainer):
         super().__init__(*args, **kwargs)
         check_trainer(self)
         self._packed = isinstance(self.data_collator, PackedPairCollator)
+        if cpu_bf16:  # after PEFT wrapped the model: the frozen base in bf16, LoRA in fp32
+            bf16_matmul_weights(self.model)
 
     def train_sampler(self, dataset: Any) -> torch.utils.data.Sampler[int] | None:
         if "length" not in dataset.column_names:
@@ -422,7 +426,8 @@ def train(
     check_trl()
     tokenizer = load_tokenizer(model_dir)
     # On GPUs with bf16 the frozen base weights live in bf16 (TRL autocasts, PEFT keeps the
-    # adapter fp32); on CPU they stay fp32 and only the matmuls run in bf16 under autocast.
+    # adapter fp32); on a native-bf16 CPU the trainer stores the frozen linear weights in bf16
+    # after PEFT wraps the model and runs the step under autocast.
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=precision.dtype)
     check_target_modules(model, params)
     trainer = LibraDPOTrainer(

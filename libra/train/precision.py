@@ -146,3 +146,34 @@ def choose_precision(
     why = "CPU flags show no avx512_bf16/amx_bf16" if not cap.cpu_native_bf16 else "bf16 flags present but bf16 matmul is slow"
     return Precision(**base, precision="fp32", device="cpu", dtype="float32", autocast_bf16=False,
                      reason=f"{why} ({rate_text})", matmul_gflops=rates)  # fmt: skip
+
+
+def bf16_matmul_weights(model: Any) -> int:
+    """Store the frozen `nn.Linear` weights of `model` in bf16, for CPU bf16 autocast; returns how many.
+
+    Under `torch.autocast("cpu", bfloat16)` a linear layer casts its fp32 weight to bf16 on
+    every call; autocast caches the cast only for weights that require grad. Frozen
+    weights (the DPO base, the reference, every answer-stage model) were therefore re-cast
+    at every forward: for a decode step, the whole model read and written to multiply a few
+    dozen rows. Cast once here, the matmuls get the same bf16 operands (the same
+    round-to-nearest-even of the same fp32 weights), so their results are bit-identical.
+    Trainable weights (LoRA's) keep fp32 master weights. Embeddings, norms and biases stay
+    fp32, as under autocast; a frozen linear layer that shares its weight with the input
+    embedding (a tied LM head) gets its own bf16 copy, so the embedding lookup stays fp32.
+    Freeze an inference model first (`model.requires_grad_(False)`); call it on a DPO model
+    after PEFT has wrapped it, so LoRA's initial weights are not rounded through bf16.
+    """
+    import torch
+
+    embedding = model.get_input_embeddings().weight
+    n = 0
+    for module in model.modules():
+        weight = module.weight if isinstance(module, torch.nn.Linear) else None
+        if weight is None or weight.requires_grad or weight.dtype == torch.bfloat16:
+            continue
+        if weight is embedding:
+            module.weight = torch.nn.Parameter(embedding.detach().to(torch.bfloat16), requires_grad=False)
+        else:
+            weight.data = weight.data.to(torch.bfloat16)
+        n += 1
+    return n
