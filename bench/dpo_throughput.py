@@ -15,7 +15,9 @@ Paths, all with the same LoRA (`dpo.lora.*`), pairs, batch, loss, beta, learning
 - `libra-unpacked`: libra's trainer fed TRL's own collator ([prompt; chosen] and
   [prompt; rejected] rows), so TRL's loss with libra's other changes (precomputed
   reference, no checkpointing, length buckets, completion-only head, precision);
-- `libra`: what the dpo stage runs: one packed [prompt; chosen; rejected] row per pair.
+- `libra`: what the dpo stage runs: one packed [prompt; chosen; rejected] row per pair;
+- `libra-eager`: `libra` with transformers' eager attention instead of SDPA (not in the
+  default --paths; on one AMX CPU SDPA's backward was a fifth of a step).
 They run in alternating rounds of `--steps` steps (the first step of each round is
 warm-up, not counted), so a busy machine slows all alike. Tokens per step are counted as
 TRL counts them: the non-pad tokens of the chosen and rejected [prompt; answer] rows.
@@ -229,15 +231,17 @@ def main() -> None:
             ),
             train_dataset=trl_pairs, processing_class=tokenizer, peft_config=lora_config(params), callbacks=[timer],
         ), timer)  # fmt: skip
-    for name in ("libra-unpacked", "libra"):
+    for name in ("libra-unpacked", "libra", "libra-eager"):
         if name not in paths:
             continue
         timer = StepTimer()
         config = dpo_config(params, out / name, world=1, precision=precision)
         config.save_strategy, config.disable_tqdm = "no", True
         collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id) if name == "libra-unpacked" else None
+        attention = "eager" if name == "libra-eager" else "sdpa"
         trainers[name] = (LibraDPOTrainer(
-            model=AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype), ref_model=None, args=config,
+            model=AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype, attn_implementation=attention),
+            ref_model=None, args=config,
             train_dataset=training_dataset(encoded, ref, "bench"), processing_class=tokenizer, data_collator=collator,
             peft_config=lora_config(params), callbacks=[timer], cpu_bf16=precision.autocast_bf16,
         ), timer)  # fmt: skip
@@ -285,7 +289,7 @@ def main() -> None:
         print(f"FLOP floor: {floor:.2f} s/step (4 x {n_params / 1e6:.1f}M params x {tokens_per_step:.0f} tokens at "
               f"{chosen_rate:.1f} GFLOP/s, {precision.precision}); libra at {step_secs['libra'] / floor:.2f}x the floor"
               + "".join(f", {n} at {step_secs[n] / floor:.2f}x" for n in step_secs if n != "libra"))  # fmt: skip
-        for other in ("trl", "libra-unpacked"):
+        for other in ("trl", "libra-unpacked", "libra-eager"):
             if other in step_secs:
                 # same pairs and batch size, so per-step time is the fair comparison (random vs bucketed
                 # batches make tokens/step differ a little between paths)

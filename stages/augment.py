@@ -4,10 +4,13 @@
         --compounds data/compounds.parquet --model models/base --out data/train_dpo.parquet \
         --quarantine data/quarantine/augment.parquet --stats metrics/data/augment.json
 
-Reads params `augment.*` (libra/config.py: AugmentParams), `seeds.tasks`, `seeds.policy` (the
-catalog lever's labels) and `compute.precision`. The base policy is loaded only when a lever
-needs its answers (self_distill_legit, contrast or catalog_compounds > 0), and is asked only
-legitimate chemistry prompts and benign general-domain prompts.
+Reads params `augment.*` (libra/config.py: AugmentParams), `seeds.tasks` and `seeds.policy`
+(the catalog lever's labels). The base policy is loaded only when a lever needs its answers
+(self_distill_legit, contrast or catalog_compounds > 0), and is asked only legitimate
+chemistry prompts and benign general-domain prompts. It answers in fp32 whatever
+`compute.precision` says: bf16 kernels round differently from one CPU to the next (AMX
+against AVX512_BF16 changed greedy answers), and the training pairs should not depend on
+them. With fp32 here, two AVX-512 machines made byte-identical pairs.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ def main() -> None:
         from libra.train.runtime import set_threads
 
         set_threads(0)
-        precision = choose_precision(all_params.compute.precision)
-        print(f"augment: precision {precision.precision} ({precision.reason})", flush=True)
+        precision = choose_precision("fp32")  # see the module docstring
+        print(f"augment: self answers in fp32 on {precision.device} (training data must not depend on bf16 kernels)", flush=True)
         model, tokenizer = load_policy(args.model, precision=precision)
         generate = policy_generate(model, tokenizer, params)
 

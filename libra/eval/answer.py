@@ -205,6 +205,9 @@ def generate_ids(
     out: list[list[int]] = [[] for _ in range(n)]
     if n == 0:
         return out
+    if device.type == "cpu" and not autocast_bf16 and model.get_output_embeddings().weight.dtype == torch.bfloat16:
+        raise LibraError("this model was loaded for CPU bf16 autocast (load_policy with a bf16 precision); "
+                         "pass the same precision to generate, or load it with precision=None")  # fmt: skip
     gen = torch.Generator(device="cpu").manual_seed(SAMPLING_SEED)
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast_bf16 and device.type == "cpu" else nullcontext()
     with torch.inference_mode(), cast:
