@@ -101,6 +101,7 @@ def test_bf16_matmul_weights_give_the_same_logits_as_autocast_over_fp32_weights(
 def test_a_model_loaded_for_bf16_autocast_refuses_to_generate_without_it(tiny_dirs) -> None:  # type: ignore[no-untyped-def]
     """load_policy with a native-bf16 precision casts the weights; generating without that precision is one clear error."""
     import pytest
+    import torch
 
     from libra.errors import LibraError
     from libra.eval.answer import generate, load_policy
@@ -108,7 +109,7 @@ def test_a_model_loaded_for_bf16_autocast_refuses_to_generate_without_it(tiny_di
     base, _ = tiny_dirs
     native = choose_precision("auto", AMX, measure=lambda: NATIVE)
     model, tok = load_policy(base, precision=native)
-    assert model.get_output_embeddings().weight.dtype.is_floating_point
+    assert model.get_output_embeddings().weight.dtype == torch.bfloat16
     with pytest.raises(LibraError, match="pass the same precision to generate"):
         generate(model, tok, ["Hi"], batch_size=1, max_new_tokens=2, progress=False)
     assert len(generate(model, tok, ["Hi"], batch_size=1, max_new_tokens=2, progress=False, precision=native)) == 1
