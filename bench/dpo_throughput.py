@@ -17,7 +17,10 @@ Paths, all with the same LoRA (`dpo.lora.*`), pairs, batch, loss, beta, learning
   reference, no checkpointing, length buckets, completion-only head, precision);
 - `libra`: what the dpo stage runs: one packed [prompt; chosen; rejected] row per pair;
 - `libra-eager`: `libra` with transformers' eager attention instead of SDPA (not in the
-  default --paths; on one AMX CPU SDPA's backward was a fifth of a step).
+  default --paths; on one AMX CPU SDPA's backward was a fifth of a step);
+- `libra-first<K>` (with `--first-layer K`): `libra` with `dpo.lora.first_layer` = K, LoRA
+  on layers K and up and the frozen layers below run once per pair before the steps (that
+  one-off pass is printed apart, like the reference pass).
 They run in alternating rounds of `--steps` steps (the first step of each round is
 warm-up, not counted), so a busy machine slows all alike. Tokens per step are counted as
 TRL counts them: the non-pad tokens of the chosen and rejected [prompt; answer] rows.
@@ -170,6 +173,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per path (default: %(default)s)")
     parser.add_argument("--pairs", type=int, default=0, help="use only the first N pairs (0: all; default: %(default)s)")
     parser.add_argument("--paths", default="trl,libra-unpacked,libra", help="paths to time (default: %(default)s)")
+    parser.add_argument("--first-layer", type=int, default=0, metavar="K",
+                        help="also time libra with dpo.lora.first_layer=K, as path libra-first<K> (default: off)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the timed rounds, profile N more libra steps and print where their CPU time goes (default: off)")  # fmt: skip
     args = parser.parse_args()
@@ -215,6 +220,11 @@ def main() -> None:
 
     trainers: dict[str, tuple[Any, StepTimer]] = {}
     paths = args.paths.split(",")
+    variants = {name: params for name in ("libra-unpacked", "libra", "libra-eager") if name in paths}
+    if args.first_layer:
+        first = f"libra-first{args.first_layer}"
+        variants[first] = params.model_copy(update={"lora": params.lora.model_copy(update={"first_layer": args.first_layer})})
+        paths.append(first)
     if "trl" in paths:
         trl_pairs = Dataset.from_list([
             {"prompt": conversation(r["prompt"]), "chosen": conversation(r["prompt"], r["chosen"])[1:],
@@ -222,28 +232,29 @@ def main() -> None:
             for r in pairs.iter_rows(named=True)
         ])
         timer = StepTimer()
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype="float32")
         trainers["trl"] = (DPOTrainer(
-            model=AutoModelForCausalLM.from_pretrained(args.model, dtype="float32"),
+            model=model,
             args=DPOConfig(
                 output_dir=str(out / "trl"), per_device_train_batch_size=params.batch_size, learning_rate=params.learning_rate,
                 beta=params.beta, loss_type=list(params.loss_type), max_length=params.max_length, logging_steps=1,
                 save_strategy="no", report_to="none", seed=params.seed, disable_tqdm=True, use_cpu=on_cpu,
             ),
-            train_dataset=trl_pairs, processing_class=tokenizer, peft_config=lora_config(params), callbacks=[timer],
+            train_dataset=trl_pairs, processing_class=tokenizer, peft_config=lora_config(params, model), callbacks=[timer],
         ), timer)  # fmt: skip
-    for name in ("libra-unpacked", "libra", "libra-eager"):
-        if name not in paths:
-            continue
+    for name, variant in variants.items():
         timer = StepTimer()
         config = dpo_config(params, out / name, world=1, precision=precision)
         config.save_strategy, config.disable_tqdm = "no", True
         collator = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id) if name == "libra-unpacked" else None
         attention = "eager" if name == "libra-eager" else "sdpa"
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype, attn_implementation=attention)
         trainers[name] = (LibraDPOTrainer(
-            model=AutoModelForCausalLM.from_pretrained(args.model, dtype=precision.dtype, attn_implementation=attention),
+            model=model,
             ref_model=None, args=config,
             train_dataset=training_dataset(encoded, ref, "bench"), processing_class=tokenizer, data_collator=collator,
-            peft_config=lora_config(params), callbacks=[timer], cpu_bf16=precision.autocast_bf16,
+            peft_config=lora_config(variant, model), callbacks=[timer], cpu_bf16=precision.autocast_bf16,
+            first_layer=variant.lora.first_layer,
         ), timer)  # fmt: skip
 
     results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in trainers}
@@ -289,8 +300,8 @@ def main() -> None:
         print(f"FLOP floor: {floor:.2f} s/step (4 x {n_params / 1e6:.1f}M params x {tokens_per_step:.0f} tokens at "
               f"{chosen_rate:.1f} GFLOP/s, {precision.precision}); libra at {step_secs['libra'] / floor:.2f}x the floor"
               + "".join(f", {n} at {step_secs[n] / floor:.2f}x" for n in step_secs if n != "libra"))  # fmt: skip
-        for other in ("trl", "libra-unpacked", "libra-eager"):
-            if other in step_secs:
+        for other in step_secs:
+            if other != "libra":
                 # same pairs and batch size, so per-step time is the fair comparison (random vs bucketed
                 # batches make tokens/step differ a little between paths)
                 print(f"speed-up libra / {other}: {step_secs[other] / step_secs['libra']:.2f}x per step")
@@ -298,6 +309,11 @@ def main() -> None:
     print(f"reference pass (once per dataset): {ref_seconds:.1f} s for {len(pairs)} pairs, {unpacked_tokens} tokens "
           f"({packed_tokens} computed, the prompt once per pair); floor 2 x params x tokens = {ref_floor:.1f} s: "
           f"{ref_seconds / ref_floor:.2f}x the floor")  # fmt: skip
+    for name, (trainer, _) in trainers.items():
+        frozen = getattr(trainer.data_collator, "frozen", None)
+        if frozen is not None:
+            print(f"{name}: layers below {frozen.first_layer} run once over {len(frozen.offsets) - 1} pairs before the steps: "
+                  f"{frozen.seconds:.1f} s, {frozen.nbytes / 2**20:.0f} MiB kept")  # fmt: skip
     for line in truncation_report(all_pairs, tokenizer, params.max_prompt_length, params.max_length):
         print(line)
     if args.profile and "libra" in trainers:

@@ -199,6 +199,11 @@ class LoraParams(Section):
     target_modules: list[str] | str = Field(
         "all-linear", description="`all-linear` or a non-empty list of module names"
     )
+    first_layer: int = Field(
+        0, ge=0,
+        description="LoRA only on decoder layers >= this index (0: all layers); the layers below stay the frozen base, "
+        "so the dpo step runs them once per pair, not per step, and never back-propagates through them",
+    )  # fmt: skip
 
     @field_validator("target_modules")
     @classmethod

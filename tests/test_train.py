@@ -263,11 +263,12 @@ def tiny_trainer(tiny_base: Path, tmp_path: Path, params: DPOParams, precision: 
     encoded = encode_pairs(make_pairs(n), tok, params.max_prompt_length, params.max_length)
     ref = pl.DataFrame({"pair_id": encoded["pair_id"], "ref_chosen_logps": [-50.0 - i for i in range(n)],
                         "ref_rejected_logps": [-60.0 + 3 * i for i in range(n)]})  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=precision.dtype)
     return LibraDPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(tiny_base, dtype=precision.dtype),
+        model=model,
         args=dpo_config(params, tmp_path / "ckpt", world=1, precision=precision),
-        train_dataset=training_dataset(encoded, ref, "ref"), processing_class=tok, peft_config=lora_config(params),
-        cpu_bf16=precision.autocast_bf16, **kwargs,
+        train_dataset=training_dataset(encoded, ref, "ref"), processing_class=tok, peft_config=lora_config(params, model),
+        cpu_bf16=precision.autocast_bf16, first_layer=params.lora.first_layer, **kwargs,
     )
 
 
@@ -315,6 +316,44 @@ def test_packed_step_gives_trl_loss_gradients_and_metrics(tiny_base: Path, tmp_p
         assert abs(our_metrics[key] - their_metrics[key]) < 1e-4, key
     # num_tokens counts the tokens of the unpacked [prompt; answer] rows, as TRL does.
     assert int(packed["tokens"]) == int(stock["attention_mask"].sum())
+
+
+def test_frozen_layers_run_once_and_the_step_keeps_its_loss_and_gradients(tiny_base: Path, tmp_path: Path) -> None:
+    """dpo.lora.first_layer=1: layer 0 runs once per pair before training; the step's loss and LoRA gradients are unchanged."""
+    import torch
+
+    params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0, first_layer=1))
+    trainer = tiny_trainer(tiny_base, tmp_path, params, fp32_precision())
+    lora = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert lora and all(".layers.1." in n for n in lora), lora  # the adapter sits on layer 1 only
+    rows, cached = nontrivial_adapter_batch(trainer)
+    assert cached["start_hidden"].shape == (*cached["input_ids"].shape, 64) and cached["first_layer"] == 1
+    full = {k: v for k, v in cached.items() if k not in ("start_hidden", "first_layer")}
+    results = []
+    for batch in (cached, full):
+        trainer.model.zero_grad()
+        loss = type(trainer).compute_loss(trainer, trainer.model, batch)
+        loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])))
+    (ours, our_grads), (theirs, their_grads) = results
+    assert abs(ours - theirs) < 1e-5, (ours, theirs)
+    assert our_grads.abs().sum() > 0 and torch.allclose(our_grads, their_grads, atol=1e-6, rtol=1e-4)
+
+
+def test_first_layer_beyond_the_model_or_under_a_trainable_module_fails_in_one_line(tiny_base: Path) -> None:
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from libra.errors import ParamsError
+    from libra.train.dpo import lora_config
+    from libra.train.frozen_layers import check_frozen_below
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    with pytest.raises(ParamsError, match=r"dpo.lora.first_layer is 2, but the base model has 2 decoder layers"):
+        lora_config(DPOParams(lora=LoraParams(first_layer=2)), base)
+    all_layers = get_peft_model(base, lora_config(DPOParams(), base))
+    with pytest.raises(ParamsError, match=r"first_layer is 1, but parameter .*lora.* below it is trainable"):
+        check_frozen_below(all_layers, 1)
 
 
 def test_opening_term_adds_the_nll_of_the_first_chosen_tokens(tiny_base: Path, tmp_path: Path) -> None:

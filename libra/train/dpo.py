@@ -18,7 +18,10 @@ bench/dpo_throughput.py):
   on CUDA with bf16 the frozen base is bf16 (TRL's `bf16=True`);
 - no gradient checkpointing (TRL's default): a 135M model's activations fit, and
   recomputing them costs a third more compute;
-- batches are grouped by length (LengthBucketSampler), so little compute goes to padding.
+- batches are grouped by length (LengthBucketSampler), so little compute goes to padding;
+- with `dpo.lora.first_layer` = k > 0 the adapter covers layers k and up, and the frozen
+  layers below run once per pair before training (`libra.train.frozen_layers`), not at
+  every step.
 Every use of TRL internals lives in `libra.train.trl_compat` (checked before training).
 """
 
@@ -41,10 +44,11 @@ from libra.config import DPOParams, params_hash
 from libra.errors import InputError, ParamsError
 from libra.io import sha256_file, write_json
 from libra.train.encode import pack_pairs
+from libra.train.frozen_layers import FrozenLayerStates
 from libra.train.precision import Precision, bf16_matmul_weights
 from libra.train.ref_logps import pair_and_token_logps
 from libra.train.runtime import load_tokenizer, world_size
-from libra.train.trl_compat import REF_COLUMNS, PretokenizedDPOTrainer, check_trainer, check_trl, completion_positions_only
+from libra.train.trl_compat import PAIR_INDEX, REF_COLUMNS, PretokenizedDPOTrainer, check_trainer, check_trl, completion_positions_only
 RUN_FILE = "libra_run.json"
 # Params that change neither the trained adapter nor the data order: a checkpoint made
 # under other values of these is still valid to resume from.
@@ -56,11 +60,15 @@ class PackedPairCollator:
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
+        self.frozen: FrozenLayerStates | None = None  # set by the trainer when dpo.lora.first_layer > 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         batch = pack_pairs(rows, self.pad_id)
         for col in REF_COLUMNS:
             batch[col] = torch.tensor([float(r[col]) for r in rows], dtype=torch.float32)
+        if self.frozen is not None:
+            batch["start_hidden"] = self.frozen.batch([int(r[PAIR_INDEX]) for r in rows], batch["input_ids"].shape[1])
+            batch["first_layer"] = self.frozen.first_layer
         return batch
 
 
@@ -78,16 +86,33 @@ class LibraDPOTrainer(PretokenizedDPOTrainer):
     (tests/test_train.py). `cpu_bf16` runs the step under CPU bfloat16 autocast.
     """
 
-    def __init__(self, *args: Any, cpu_bf16: bool = False, opening: tuple[float, int] = (0.0, 4), **kwargs: Any) -> None:
+    def __init__(self, *args: Any, cpu_bf16: bool = False, opening: tuple[float, int] = (0.0, 4), first_layer: int = 0,
+                 **kwargs: Any) -> None:  # fmt: skip
         self._cpu_bf16 = cpu_bf16
         self._opening_weight, self._opening_tokens = opening
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = PackedPairCollator(kwargs["processing_class"].pad_token_id)
+        dataset = kwargs.get("train_dataset")
+        if first_layer > 0 and dataset is not None and PAIR_INDEX not in dataset.column_names:
+            kwargs["train_dataset"] = dataset.add_column(PAIR_INDEX, list(range(dataset.num_rows)))
         super().__init__(*args, **kwargs)
         check_trainer(self)
         self._packed = isinstance(self.data_collator, PackedPairCollator)
         if cpu_bf16:  # after PEFT wrapped the model: the frozen base in bf16, LoRA in fp32
             bf16_matmul_weights(self.model)
+        if first_layer > 0 and self._packed and self.train_dataset is not None:
+            self.data_collator.frozen = self._frozen_layer_states(first_layer)
+
+    def _frozen_layer_states(self, first_layer: int) -> FrozenLayerStates:
+        """Run the frozen decoder layers below `first_layer` once over every training pair."""
+        columns = ("prompt_ids", "chosen_ids", "rejected_ids")
+        rows = self.train_dataset.select_columns(list(columns)).to_list()
+        states = FrozenLayerStates.compute(self.model, rows, self.processing_class.pad_token_id, first_layer,
+                                           autocast_bf16=self._cpu_bf16)  # fmt: skip
+        if self.accelerator.is_main_process:
+            print(f"dpo: decoder layers 0-{first_layer - 1} are frozen: ran them once over {len(rows)} pairs "
+                  f"in {states.seconds:.1f} s ({states.nbytes / 2**20:.0f} MiB of hidden states kept)", flush=True)  # fmt: skip
+        return states
 
     def train_sampler(self, dataset: Any) -> torch.utils.data.Sampler[int] | None:
         if "length" not in dataset.column_names:
@@ -211,14 +236,36 @@ class LengthBucketSampler(torch.utils.data.Sampler[int]):
         return iter(out)
 
 
-def lora_config(params: DPOParams) -> Any:
+def lora_config(params: DPOParams, model: torch.nn.Module | None = None) -> Any:
+    """PEFT's LoraConfig; `model` (the base model) is needed when `dpo.lora.first_layer` > 0.
+
+    PEFT takes `layers_to_transform` with a list of module names only, so there
+    `all-linear` becomes the names of the linear layers inside the decoder layers.
+    """
     from peft import LoraConfig
 
+    first = params.lora.first_layer
+    targets: list[str] | str = params.lora.target_modules
+    layers: list[int] | None = None
+    if first > 0:
+        num_layers = model.config.num_hidden_layers if model is not None else None
+        if num_layers is None or first >= num_layers:
+            raise ParamsError(
+                f"params: dpo.lora.first_layer is {first}, but the base model has {num_layers} decoder layers; "
+                f"use 0 (all layers) up to {(num_layers or 1) - 1}"
+            )
+        layers = list(range(first, num_layers))
+        if targets == "all-linear":
+            targets = sorted({
+                name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) and ".layers." in f".{name}"
+            })  # fmt: skip
     return LoraConfig(
         r=params.lora.r,
         lora_alpha=params.lora.alpha,
         lora_dropout=params.lora.dropout,
-        target_modules=params.lora.target_modules,
+        target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
 
@@ -436,9 +483,10 @@ def train(
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(params),
+        peft_config=lora_config(params, model),
         cpu_bf16=precision.autocast_bf16,
         opening=(params.opening_weight, params.opening_tokens),
+        first_layer=params.lora.first_layer,
     )
     start_step = 0
     if resume:

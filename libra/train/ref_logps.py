@@ -21,6 +21,7 @@ import polars as pl
 import torch
 
 from libra.train.encode import pack_pairs
+from libra.train.frozen_layers import decoder_span
 
 
 @contextlib.contextmanager
@@ -59,12 +60,22 @@ def pair_logps(model: Any, packed: dict[str, Any]) -> torch.Tensor:
 
 
 def pair_and_token_logps(model: Any, packed: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`pair_logps`, and the log-prob of every completion token (ordered as `packed["target"]`)."""
+    """`pair_logps`, and the log-prob of every completion token (ordered as `packed["target"]`).
+
+    A batch with `start_hidden` (the hidden states entering decoder layer `first_layer`,
+    `FrozenLayerStates.batch`) runs layers `first_layer` and up only.
+    """
     device = next(model.parameters()).device
-    ids = packed["input_ids"].to(device)
     mask = _attention_mask(packed["attention_mask"].to(device), model, torch.float32)
-    with hidden_states_as_logits(model) as head:
-        hidden = model(input_ids=ids, attention_mask=mask, position_ids=packed["position_ids"].to(device), use_cache=False).logits
+    position_ids = packed["position_ids"].to(device)
+    start_hidden = packed.get("start_hidden")
+    with contextlib.ExitStack() as stack:
+        head = stack.enter_context(hidden_states_as_logits(model))
+        if start_hidden is None:
+            hidden = model(input_ids=packed["input_ids"].to(device), attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+        else:  # the frozen layers below first_layer ran once per pair (libra.train.frozen_layers)
+            stack.enter_context(decoder_span(model, int(packed["first_layer"])))
+            hidden = model(inputs_embeds=start_hidden.to(device), attention_mask=mask, position_ids=position_ids, use_cache=False).logits
     states = hidden.reshape(-1, hidden.shape[-1]).index_select(0, packed["source"].to(device))
     logits = head(states)  # completion positions only: (tokens, vocab)
     token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, packed["target"].to(device).unsqueeze(-1)).squeeze(-1)

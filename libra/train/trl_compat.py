@@ -22,6 +22,7 @@ import trl
 from trl import DPOTrainer
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+PAIR_INDEX = "pair_index"  # a training row's index, for per-pair state kept outside the dataset
 TESTED_TRL = "1.16"
 
 # (owner, private name, parameters after self) that libra overrides or patches.
@@ -90,7 +91,8 @@ class PretokenizedDPOTrainer(DPOTrainer):
 
     - a dataset with `prompt_ids` is already tokenised: TRL's `_prepare_dataset` is skipped;
     - a dataset with both reference columns skips TRL's reference pass;
-    - the `length` column survives TRL's column pruning, for the sampler;
+    - the `length` and `pair_index` columns survive TRL's column pruning, for the sampler
+      and the frozen-layer cache;
     - `train_sampler(dataset)` (a public hook for subclasses) replaces TRL's sampler when it
       returns one.
     """
@@ -110,8 +112,9 @@ class PretokenizedDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if "length" not in self._signature_columns:
-            self._signature_columns.append("length")
+        for column in ("length", PAIR_INDEX):
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
 
     def _get_train_sampler(self, train_dataset=None):  # type: ignore[no-untyped-def]
         dataset = train_dataset if train_dataset is not None else self.train_dataset
