@@ -200,7 +200,7 @@ class LoraParams(Section):
         "all-linear", description="`all-linear` or a non-empty list of module names"
     )
     first_layer: int = Field(
-        0, ge=0,
+        15, ge=0,
         description="LoRA only on decoder layers >= this index (0: all layers); the layers below stay the frozen base, "
         "so the dpo step runs them once per pair, not per step, and never back-propagates through them",
     )  # fmt: skip
@@ -379,7 +379,7 @@ ADAPTER_SCALE = re.compile(r"dpo~(0|1|2)(\.\d+)?")
 
 class EvalParams(Section):
     models: list[str] = Field(
-        default_factory=lambda: ["base", "dpo~0.5", "dpo"], min_length=1,
+        default_factory=lambda: ["base", "dpo"], min_length=1,
         description="models to judge and score: `base`, `dpo`, `dpo~<lambda>` (the adapter's delta scaled) or a key of `eval.endpoints`",
     )  # fmt: skip
     endpoints: dict[str, EndpointModel] = Field(
