@@ -15,7 +15,9 @@ Paths, all with the same LoRA (`dpo.lora.*`), pairs, batch, loss, beta, learning
 - `libra-unpacked`: libra's trainer fed TRL's own collator ([prompt; chosen] and
   [prompt; rejected] rows), so TRL's loss with libra's other changes (precomputed
   reference, no checkpointing, length buckets, completion-only head, precision);
-- `libra`: what the dpo stage runs: one packed [prompt; chosen; rejected] row per pair;
+- `libra`: what the dpo stage runs: one packed [prompt; chosen; rejected] row per pair, with
+  params.yaml's `dpo.lora.first_layer` (15 in the default profile; `--first-layer 0` adds the
+  all-layer path `libra-first0` beside it);
 - `libra-eager`: `libra` with transformers' eager attention instead of SDPA (not in the
   default --paths; on one AMX CPU SDPA's backward was a fifth of a step);
 - `libra-first<K>` (with `--first-layer K`): `libra` with `dpo.lora.first_layer` = K, LoRA
@@ -173,8 +175,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per path (default: %(default)s)")
     parser.add_argument("--pairs", type=int, default=0, help="use only the first N pairs (0: all; default: %(default)s)")
     parser.add_argument("--paths", default="trl,libra-unpacked,libra", help="paths to time (default: %(default)s)")
-    parser.add_argument("--first-layer", type=int, default=0, metavar="K",
-                        help="also time libra with dpo.lora.first_layer=K, as path libra-first<K> (default: off)")
+    parser.add_argument("--first-layer", type=int, default=None, metavar="K",
+                        help="also time libra with dpo.lora.first_layer=K (0: LoRA on every layer), as path libra-first<K>; "
+                        "path libra uses params.yaml's value (default: off)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the timed rounds, profile N more libra steps and print where their CPU time goes (default: off)")  # fmt: skip
     args = parser.parse_args()
@@ -221,7 +224,7 @@ def main() -> None:
     trainers: dict[str, tuple[Any, StepTimer]] = {}
     paths = args.paths.split(",")
     variants = {name: params for name in ("libra-unpacked", "libra", "libra-eager") if name in paths}
-    if args.first_layer:
+    if args.first_layer is not None:
         first = f"libra-first{args.first_layer}"
         variants[first] = params.model_copy(update={"lora": params.lora.model_copy(update={"first_layer": args.first_layer})})
         paths.append(first)
@@ -300,6 +303,9 @@ def main() -> None:
         print(f"FLOP floor: {floor:.2f} s/step (4 x {n_params / 1e6:.1f}M params x {tokens_per_step:.0f} tokens at "
               f"{chosen_rate:.1f} GFLOP/s, {precision.precision}); libra at {step_secs['libra'] / floor:.2f}x the floor"
               + "".join(f", {n} at {step_secs[n] / floor:.2f}x" for n in step_secs if n != "libra"))  # fmt: skip
+        if any(v.lora.first_layer for v in variants.values()):
+            print("(the floor is the all-layer step's; a path with first_layer K > 0 runs only the layers from K up in "
+                  "each step, so it can go under 1x)")  # fmt: skip
         for other in step_secs:
             if other != "libra":
                 # same pairs and batch size, so per-step time is the fair comparison (random vs bucketed
