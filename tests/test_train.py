@@ -26,6 +26,8 @@ from libra.train.ref_logps import reference_logps
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PARAMS = ROOT / "tests" / "profiles" / "tiny.yaml"
+# LoRA on both layers of the 2-layer tiny model (the default first_layer, 15, is beyond it), no dropout.
+ALL_LAYER_LORA = LoraParams(dropout=0.0, first_layer=0)
 
 
 def make_pairs(n: int = 8, names: tuple[str, ...] = ("sarin", "aspirin", "caffeine", "tabun"), illegitimate: tuple[str, ...] = ("sarin", "tabun")) -> pl.DataFrame:
@@ -294,7 +296,7 @@ def test_packed_step_gives_trl_loss_gradients_and_metrics(tiny_base: Path, tmp_p
     from trl import DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0, first_layer=0),
+    params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=ALL_LAYER_LORA,
                        loss_type=loss_type, label_smoothing=label_smoothing)  # fmt: skip
     trainer = tiny_trainer(tiny_base, tmp_path, params, fp32_precision())
     rows, packed = nontrivial_adapter_batch(trainer)
@@ -351,7 +353,7 @@ def test_first_layer_beyond_the_model_or_under_a_trainable_module_fails_in_one_l
     base = AutoModelForCausalLM.from_pretrained(tiny_base)
     with pytest.raises(ParamsError, match=r"dpo.lora.first_layer is 2, but the base model has 2 decoder layers"):
         lora_config(DPOParams(lora=LoraParams(first_layer=2)), base)
-    all_layers = get_peft_model(base, lora_config(DPOParams(lora=LoraParams(first_layer=0)), base))
+    all_layers = get_peft_model(base, lora_config(DPOParams(lora=ALL_LAYER_LORA), base))
     with pytest.raises(ParamsError, match=r"first_layer is 1, but parameter .*lora.* below it is trainable"):
         check_frozen_below(all_layers, 1)
 
@@ -360,7 +362,7 @@ def test_opening_term_adds_the_nll_of_the_first_chosen_tokens(tiny_base: Path, t
     """dpo.opening_weight adds w x the mean NLL of each chosen answer's first k tokens, computed on plain [prompt; chosen] rows."""
     import torch
 
-    params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0, first_layer=0))
+    params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=ALL_LAYER_LORA)
     trainer = tiny_trainer(tiny_base, tmp_path, params, fp32_precision(), opening=(2.5, 3))
     rows, packed = nontrivial_adapter_batch(trainer)
     with torch.no_grad():
@@ -385,7 +387,7 @@ def test_precision_branches_reach_the_trainer_config_and_model_dtype(tiny_base: 
 
     from libra.train.dpo import dpo_config
 
-    params = DPOParams(batch_size=2, max_steps=1, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0, first_layer=0))
+    params = DPOParams(batch_size=2, max_steps=1, max_prompt_length=64, max_length=128, lora=ALL_LAYER_LORA)
     cuda = choose_precision("auto", CUDA_BF16)
     assert (cuda.precision, cuda.dtype, cuda.autocast_bf16, cuda.device) == ("bf16", "bfloat16", False, "cuda")
     fields = DPOConfig.__dataclass_fields__  # a CUDA config cannot be built on a machine without CUDA
