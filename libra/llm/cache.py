@@ -34,9 +34,9 @@ CREATE TABLE IF NOT EXISTS calls (
 
 
 def normalise_endpoint(base_url: str) -> str:
-    """'local' stays 'local' (its port changes per run); URLs lose case and trailing '/'."""
-    if base_url == "local":
-        return "local"
+    """'local' and 'local:<weights>' stay as they are (the port changes per run); URLs lose case and trailing '/'."""
+    if base_url == "local" or base_url.startswith("local:"):
+        return base_url
     parts = urlsplit(base_url.strip())
     path = parts.path.rstrip("/")
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}{path}"

