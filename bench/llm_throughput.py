@@ -1,11 +1,14 @@
-"""python bench/llm_throughput.py [--seeds data/seeds.parquet] [--limit 48] [--weights shipped q8_0]
+"""python bench/llm_throughput.py [--seeds data/seeds.parquet] [--limit 48] [--configs shipped:1:2 q8_0:1:2 q8_0:2:1]
 
 Where the data stages' time goes on the embedded llama.cpp server, and what
-`llm.local.weights` does to it, side by side in one run on this machine. For each weights
-choice (libra/llm/weights.py):
-  1. llama.cpp in this process, one stream: prompt reading (tokens/s, best of 3 over a
-     300-token prompt) and writing (tokens/s over 100 greedy tokens): the floor a stage
-     that sends one request at a time can reach;
+`llm.local.weights`, `llm.local.servers` and `llm.local.n_threads` do to it, side by side
+in one run on this machine. Each config is WEIGHTS:SERVERS:THREADS (threads per server;
+weights from libra/llm/weights.py); the default compares the previous default (the
+shipped Q4_1 file, one 2-thread server), its Q8_0 copy on the same server, and the Q8_0
+copy on two 1-thread servers. For each:
+  1. llama.cpp in this process, one stream at THREADS threads: prompt reading (tokens/s,
+     best of 3 over a 300-token prompt) and writing (tokens/s over 100 greedy tokens): the
+     floor one server that serves one request at a time can reach;
   2. the triplets and rephrase stages' own LLM work (libra.data.triplets.build_triplets,
      libra.data.rephrase.build_pairs on those triplets) through the real client and a
      fresh server, with an empty call cache: wall seconds, calls, prompt and completion
@@ -74,8 +77,8 @@ def next_token_logprobs(path: Path, text: str, n_threads: int) -> tuple[np.ndarr
     return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)), tokens
 
 
-def stage_run(params: Any, weights: str, seeds: pl.DataFrame, cache: Path) -> dict[str, Any]:
-    llm = params.llm.model_copy(update={"cache_path": str(cache), "local": params.llm.local.model_copy(update={"weights": weights})})
+def stage_run(params: Any, local: Any, seeds: pl.DataFrame, cache: Path) -> dict[str, Any]:
+    llm = params.llm.model_copy(update={"cache_path": str(cache), "local": local})
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -96,8 +99,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="data/seeds.parquet", help="seeds table (default data/seeds.parquet)")
     parser.add_argument("--limit", type=int, default=0, help="first N seeds only (default 0: all)")
-    parser.add_argument("--weights", nargs="+", default=list(WEIGHT_CHOICES), choices=WEIGHT_CHOICES, help="weights to compare")
+    parser.add_argument("--configs", nargs="+", default=["shipped:1:2", "q8_0:1:2", "q8_0:2:1"], help="WEIGHTS:SERVERS:THREADS to compare")
     args = parser.parse_args()
+    configs: list[tuple[str, int, int]] = []
+    for text in args.configs:
+        weights, servers, threads = (text.split(":") + ["", ""])[:3]
+        if weights not in WEIGHT_CHOICES or not servers.isdigit() or not threads.isdigit():
+            sys.exit(f"--configs {text!r}: write WEIGHTS:SERVERS:THREADS, WEIGHTS one of {', '.join(WEIGHT_CHOICES)}, e.g. q8_0:2:1")
+        configs.append((weights, int(servers), int(threads)))
     if not Path(args.seeds).is_file():
         sys.exit(f"{args.seeds} is missing: run `dvc repro seeds` first (no LLM call), or pass --seeds")
 
@@ -105,21 +114,22 @@ def main() -> None:
     seeds = pl.read_parquet(args.seeds)
     if args.limit:
         seeds = seeds.head(args.limit)
-    threads = params.llm.local.n_threads
     flags = read_cpu_flags()
     simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
-    print(f"machine: {os.cpu_count()} CPUs, flags {' '.join(simd) or '(none of avx2/avx512/amx)'}; llama.cpp threads {threads}")
+    print(f"machine: {os.cpu_count()} CPUs, flags {' '.join(simd) or '(none of avx2/avx512/amx)'}")
     print(f"data: {seeds.height} seeds from {args.seeds}")
 
     source = smollm2_gguf()
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for weights in args.weights:
+        for weights, servers, threads in configs:
+            name = f"{weights} x{servers} server(s) x{threads} thread(s)"
             path = served_gguf(source, weights)
             read_rate, write_rate = one_stream_rates(path, threads)
-            run = stage_run(params, weights, seeds, Path(tmp) / f"{weights}.sqlite")
-            results[weights] = {"path": path, "read": read_rate, "write": write_rate, **run}
-            print(f"\n{weights} ({path.name}, {path.stat().st_size / 2**20:.0f} MiB): one stream reads {read_rate:.0f} prompt tokens/s, writes {write_rate:.0f} tokens/s")
+            local = params.llm.local.model_copy(update={"weights": weights, "servers": servers, "n_threads": threads})
+            run = stage_run(params, local, seeds, Path(tmp) / f"{weights}-{servers}-{threads}.sqlite")
+            results[name] = {"path": path, "read": read_rate, "write": write_rate, **run}
+            print(f"\n{name} ({path.name}, {path.stat().st_size / 2**20:.0f} MiB): one stream reads {read_rate:.0f} prompt tokens/s, writes {write_rate:.0f} tokens/s")
             for stage in ("triplets", "rephrase"):
                 s = run[stage]
                 rate = s["completion_tokens"] / s["wall_s"]
@@ -138,9 +148,14 @@ def main() -> None:
             print(f"  both stages: {b_tot:.1f} s against {a_tot:.1f} s: {a_tot / b_tot:.2f}x; one-stream read "
                   f"{results[other]['read'] / results[first]['read']:.2f}x, write {results[other]['write'] / results[first]['write']:.2f}x")  # fmt: skip
         ref_text = results[first]["chosen_text"]
+        threads = os.cpu_count() or 1
         ref, tokens = next_token_logprobs(results[first]["path"], ref_text, threads)
         p_ref = np.exp(ref)
+        compared = {results[first]["path"]}
         for other in others:
+            if results[other]["path"] in compared:
+                continue
+            compared.add(results[other]["path"])
             lp, _ = next_token_logprobs(results[other]["path"], ref_text, threads)
             kl = float((p_ref * (ref - lp)).sum(axis=1).mean())
             top1 = float((ref.argmax(axis=1) == lp.argmax(axis=1)).mean())

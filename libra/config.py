@@ -111,7 +111,12 @@ class LocalServer(Section):
     """The embedded llama.cpp server used when base_url is 'local'."""
 
     n_ctx: int = Field(2048, ge=256, description="context length of the embedded server")
-    n_threads: int = Field(2, ge=1, description="CPU threads of the embedded server")
+    n_threads: int = Field(1, ge=1, description="CPU threads of each embedded server")
+    servers: int = Field(
+        2, ge=1, le=64,
+        description="embedded servers started side by side; each serves one request at a time, and the client sends "
+        "request i to server i mod servers (so the data do not depend on timing); servers x n_threads = the cores to use",
+    )  # fmt: skip
     startup_timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the embedded server to answer")
     weights: Literal["q8_0", "shipped"] = Field(
         "q8_0",

@@ -54,7 +54,7 @@ def local_url() -> Iterator[str]:
     if previous:
         yield previous
         return
-    with local_server("smollm2-135m-instruct", LocalServer()) as url:
+    with local_server("smollm2-135m-instruct", LocalServer(n_threads=os.cpu_count() or 1)) as url:
         os.environ[LOCAL_URL_ENV] = url
         try:
             yield url

@@ -289,3 +289,33 @@ def test_each_weights_choice_has_its_own_cache_entries(tmp_path: Path) -> None:
     assert keys == {"shipped": "local", "q8_0": "local:q8_0"}  # shipped keeps the keys of caches made before the choice existed
     common = dict(model="m", messages=[{"role": "user", "content": "hi"}], temperature=0.7, max_tokens=8, seed=0, schema=None, sample=0)
     assert call_key(endpoint=keys["shipped"], **common) != call_key(endpoint=keys["q8_0"], **common)  # type: ignore[arg-type]
+
+
+def test_request_i_goes_to_endpoint_i_mod_n(tmp_path: Path) -> None:
+    from libra.llm.client import LLMClient
+
+    params = tiny_params(tmp_path)
+    with FaultProxy(None) as first, FaultProxy(None) as second:
+        client = LLMClient(
+            connect=lambda: [first.base_url, second.base_url], role=params.llm.generator, endpoint_key="local",
+            api_key="sk-local-no-key", cache=CallCache(tmp_path / "c.sqlite"), stage="t",
+        )  # fmt: skip
+        results = client.run([ask(f"question {i}") for i in range(7)])
+        assert [r.text for r in results] == [f"echo: question {i}" for i in range(7)]  # request order kept
+        assert (first.counts["requests"], second.counts["requests"]) == (4, 3)
+
+
+def test_two_local_servers_answer_every_call_the_same_way_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(LOCAL_URL_ENV, raising=False)  # start our own two, not the session's shared one
+    monkeypatch.chdir(tmp_path)
+    texts = []
+    for run in range(2):
+        params = tiny_params(tmp_path / f"run{run}", llm={"local": {"servers": 2, "n_threads": 1}})
+        usage = tmp_path / f"u{run}.json"
+        with open_client(params.llm, params.llm.generator, stage="t", usage_path=usage) as client:
+            results = client.run([ask(f"Name a use of compound number {i}.", max_tokens=12) for i in range(6)])
+        assert all(r.ok and not r.cached for r in results)
+        texts.append([r.text for r in results])
+        assert json.loads(usage.read_text())["calls"] == 6
+    assert texts[0] == texts[1]  # sampled at temperature 0.7 with per-request seeds: the routing is fixed
+    assert (tmp_path / ".libra" / "models").is_dir()  # the q8_0 copy, made in the project dir

@@ -30,7 +30,7 @@ from libra.config import LLMParams, LLMRole
 from libra.errors import LibraError
 from libra.io import write_json
 from libra.llm.cache import CallCache, call_key
-from libra.llm.local import local_endpoint_key, local_server
+from libra.llm.local import local_endpoint_key, local_servers
 
 USAGE_DIR = Path("metrics/usage")
 LOCAL_API_KEY = "sk-local-no-key"
@@ -150,11 +150,11 @@ class _EndpointDown(Exception):
 
 class LLMClient:
     def __init__(
-        self, *, connect: Callable[[], str], role: LLMRole, endpoint_key: str, api_key: str, cache: CallCache, stage: str
+        self, *, connect: Callable[[], list[str]], role: LLMRole, endpoint_key: str, api_key: str, cache: CallCache, stage: str
     ) -> None:
         self.role = role
         self._connect = connect
-        self.base_url = ""
+        self.base_urls: list[str] = []
         self.endpoint_key = endpoint_key
         self.cache = cache
         self.stage = stage
@@ -250,15 +250,18 @@ class LLMClient:
         return ChatResult(ok=False, text=None, parsed=None, error=last_error, cached=False)
 
     async def _run(self, requests: Sequence[ChatRequest], desc: str) -> list[ChatResult]:
-        sem = asyncio.Semaphore(self.role.concurrency)
         results: list[ChatResult | None] = [None] * len(requests)
-        # The endpoint (and the local server) is only started when some call misses the cache.
-        if not self.base_url and any(self.cache.get(self._key(r, schema_dict(r.schema))) is None for r in requests):
-            self.base_url = self._connect()
-        api = openai.AsyncOpenAI(base_url=self.base_url or "http://127.0.0.1:9/v1", api_key=self._api_key, timeout=self.role.timeout_s, max_retries=0)
+        # The endpoint (and the local servers) is only started when some call misses the cache.
+        if not self.base_urls and any(self.cache.get(self._key(r, schema_dict(r.schema))) is None for r in requests):
+            self.base_urls = self._connect()
+        urls = self.base_urls or ["http://127.0.0.1:9/v1"]
+        apis = [openai.AsyncOpenAI(base_url=u, api_key=self._api_key, timeout=self.role.timeout_s, max_retries=0) for u in urls]
+        # Request i always goes to endpoint i mod n, and a semaphore serves its waiters in
+        # order, so each embedded server sees the same requests in the same order every run.
+        sems = [asyncio.Semaphore(self.role.concurrency) for _ in urls]
 
         async def one(i: int) -> None:
-            results[i] = await self._call(api, requests[i], sem)
+            results[i] = await self._call(apis[i % len(apis)], requests[i], sems[i % len(sems)])
 
         try:
             tasks = [asyncio.create_task(one(i)) for i in range(len(requests))]
@@ -273,8 +276,13 @@ class LLMClient:
                         raise self._endpoint_down(requests, results, str(exc)) from None
                     bar.update(1)
         finally:
-            await api.close()
+            for api in apis:
+                await api.close()
         return [r for r in results if r is not None]
+
+    @property
+    def endpoint_url(self) -> str:
+        return ", ".join(self.base_urls) or self.role.base_url
 
     def _endpoint_down(
         self, requests: Sequence[ChatRequest], results: list[ChatResult | None], reason: str
@@ -288,11 +296,11 @@ class LLMClient:
             self.usage.count_failure(f"{kind}: {reason}")
         if not self._answered:
             return LibraError(
-                f"LLM endpoint {self.base_url} is unreachable: no call got an answer ({reason}); check base_url "
+                f"LLM endpoint {self.endpoint_url} is unreachable: no call got an answer ({reason}); check base_url "
                 f"and that the server is running; {len(requests) - len(finished)} of {len(requests)} calls failed"
             )
         return LibraError(
-            f"LLM endpoint {self.base_url} stopped answering ({reason}); "
+            f"LLM endpoint {self.endpoint_url} stopped answering ({reason}); "
             f"{len(finished)} of {len(requests)} calls finished and are cached; rerun to resume"
         )
 
@@ -342,7 +350,7 @@ def open_client(
     with ExitStack() as stack:
 
         def connect() -> str:
-            return stack.enter_context(local_server(role.model, llm.local)) if local else role.base_url
+            return stack.enter_context(local_servers(role.model, llm.local)) if local else [role.base_url]
 
         endpoint_key = local_endpoint_key(llm.local) if local else role.base_url
         client = LLMClient(connect=connect, role=role, endpoint_key=endpoint_key, api_key=api_key, cache=cache, stage=stage)

@@ -1,7 +1,10 @@
 """The embedded OpenAI-compatible server: llama.cpp serving SmolLM2-135M-Instruct.
 
-`base_url: local` starts it on a free loopback port for the length of a stage, or reuses
-the server named by $LIBRA_LOCAL_URL (for example one started with `libra serve`).
+`base_url: local` starts `llm.local.servers` of them, each on a free loopback port with
+`llm.local.n_threads` threads, for the length of a stage, or reuses the one server named by
+$LIBRA_LOCAL_URL (for example one started with `libra serve`). Each serves one request at a
+time: on 2 cores two 1-thread servers write and read faster than one 2-thread server, since a
+135M model's per-token work is too small to split well across threads (bench/llm_throughput.py).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ def server_command(model_alias: str, port: int, cfg: LocalServer) -> list[str]:
         "--port", str(port),
         "--n_ctx", str(cfg.n_ctx),
         "--n_threads", str(cfg.n_threads),
+        "--n_threads_batch", str(cfg.n_threads),  # llama-cpp-python's default is every core, per server
     ]  # fmt: skip
 
 
@@ -84,53 +88,73 @@ def _stop(proc: subprocess.Popen[bytes]) -> bool:
     return True
 
 
+def _reused_url() -> str | None:
+    reuse = os.environ.get(LOCAL_URL_ENV)
+    if not reuse:
+        return None
+    try:
+        valid = check_base_url(reuse) != "local"  # 'local' names the embedded server, not an address
+    except ValueError:
+        valid = False
+    if not valid:
+        raise InputError(
+            f"{LOCAL_URL_ENV}={reuse!r} is not an http(s) URL with a host; set it to the URL `libra serve` "
+            f"prints (http://127.0.0.1:PORT/v1) or unset it"
+        )
+    if not is_healthy(reuse):
+        raise LibraError(f"{LOCAL_URL_ENV}={reuse} is not answering on /models; start it with `libra serve` or unset {LOCAL_URL_ENV}")
+    return reuse
+
+
+@contextmanager
+def local_servers(model_alias: str, cfg: LocalServer) -> Iterator[list[str]]:
+    """Yield the base URLs (…/v1) of `cfg.servers` healthy local servers, started side by side
+    and stopped on exit; or the one server named by $LIBRA_LOCAL_URL, left running."""
+    reuse = _reused_url()
+    if reuse:
+        yield [reuse]
+        return
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    started: list[tuple[subprocess.Popen[bytes], str, Path]] = []
+    try:
+        for _ in range(cfg.servers):
+            port = free_port()
+            log_path = LOG_DIR / f"llama-server-{port}.log"
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(server_command(model_alias, port, cfg), stdout=log, stderr=subprocess.STDOUT)
+            started.append((proc, f"http://127.0.0.1:{port}/v1", log_path))
+        deadline = time.monotonic() + cfg.startup_timeout_s
+        for proc, base_url, log_path in started:
+            while not is_healthy(base_url):
+                if proc.poll() is not None:
+                    tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+                    raise LibraError(f"the local llama.cpp server exited with code {proc.returncode}: {tail[0]} (log: {log_path})")
+                if time.monotonic() > deadline:
+                    raise LibraError(
+                        f"the local llama.cpp server did not become healthy in {cfg.startup_timeout_s:.0f} s "
+                        f"(log: {log_path}); raise llm.local.startup_timeout_s"
+                    )
+                time.sleep(0.25)
+        yield [base_url for _, base_url, _ in started]
+    finally:
+        for proc, _, log_path in started:
+            if _stop(proc):
+                log_path.unlink(missing_ok=True)
+            else:  # it crashed: keep its log for the user
+                print(f"the local llama.cpp server died (exit code {proc.returncode}); its log: {log_path}", file=sys.stderr)
+
+
 @contextmanager
 def local_server(model_alias: str, cfg: LocalServer) -> Iterator[str]:
-    """Yield the base URL (…/v1) of a healthy local server; stop it on exit if we started it."""
-    reuse = os.environ.get(LOCAL_URL_ENV)
-    if reuse:
-        try:
-            valid = check_base_url(reuse) != "local"  # 'local' names the embedded server, not an address
-        except ValueError:
-            valid = False
-        if not valid:
-            raise InputError(
-                f"{LOCAL_URL_ENV}={reuse!r} is not an http(s) URL with a host; set it to the URL `libra serve` "
-                f"prints (http://127.0.0.1:PORT/v1) or unset it"
-            )
-        if not is_healthy(reuse):
-            raise LibraError(f"{LOCAL_URL_ENV}={reuse} is not answering on /models; start it with `libra serve` or unset {LOCAL_URL_ENV}")
-        yield reuse
-        return
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}/v1"
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = LOG_DIR / f"llama-server-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(server_command(model_alias, port, cfg), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + cfg.startup_timeout_s
-        while not is_healthy(base_url):
-            if proc.poll() is not None:
-                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-                raise LibraError(f"the local llama.cpp server exited with code {proc.returncode}: {tail[0]} (log: {log_path})")
-            if time.monotonic() > deadline:
-                raise LibraError(
-                    f"the local llama.cpp server did not become healthy in {cfg.startup_timeout_s:.0f} s "
-                    f"(log: {log_path}); raise llm.local.startup_timeout_s"
-                )
-            time.sleep(0.25)
-        yield base_url
-    finally:
-        if _stop(proc):
-            log_path.unlink(missing_ok=True)
-        else:  # it crashed: keep its log for the user
-            print(f"the local llama.cpp server died (exit code {proc.returncode}); its log: {log_path}", file=sys.stderr)
+    """Yield the base URL (…/v1) of one healthy local server; stop it on exit if we started it."""
+    with local_servers(model_alias, cfg.model_copy(update={"servers": 1})) as urls:
+        yield urls[0]
 
 
 def serve_forever(model_alias: str, cfg: LocalServer, port: int) -> int:
-    """Run the server in the foreground (for `libra serve`); returns its exit code."""
-    cmd = server_command(model_alias, port, cfg)
+    """Run one server in the foreground (for `libra serve`), on all the threads the
+    config's servers would use (servers x n_threads); returns its exit code."""
+    cmd = server_command(model_alias, port, cfg.model_copy(update={"n_threads": cfg.n_threads * cfg.servers, "servers": 1}))
     print(f"serving {model_alias} at http://127.0.0.1:{port}/v1 ; export {LOCAL_URL_ENV}=http://127.0.0.1:{port}/v1 to reuse it")
     proc = subprocess.Popen(cmd)
     try:
