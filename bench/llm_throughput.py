@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,6 +40,7 @@ from libra.data.triplets import build_triplets  # noqa: E402
 from libra.llm.client import open_client  # noqa: E402
 from libra.llm.local import smollm2_gguf  # noqa: E402
 from libra.llm.weights import WEIGHT_CHOICES, served_gguf  # noqa: E402
+from libra.llm.weights_kl import divergence  # noqa: E402
 from libra.train.precision import read_cpu_flags  # noqa: E402
 
 
@@ -63,18 +63,6 @@ def one_stream_rates(path: Path, n_threads: int) -> tuple[float, float]:
     write_rate = written / (time.perf_counter() - start)
     del llm
     return len(prompt) / best, write_rate
-
-
-def next_token_logprobs(path: Path, text: str, n_threads: int) -> tuple[np.ndarray, list[int]]:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=n_threads, verbose=False, logits_all=True)
-    tokens = llm.tokenize(text.encode())[:1500]
-    llm.eval(tokens)
-    logits = np.asarray(llm.scores[: len(tokens)], dtype=np.float64)
-    del llm
-    logits -= logits.max(axis=1, keepdims=True)
-    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)), tokens
 
 
 def stage_run(params: Any, local: Any, seeds: pl.DataFrame, cache: Path) -> dict[str, Any]:
@@ -148,18 +136,13 @@ def main() -> None:
             print(f"  both stages: {b_tot:.1f} s against {a_tot:.1f} s: {a_tot / b_tot:.2f}x; one-stream read "
                   f"{results[other]['read'] / results[first]['read']:.2f}x, write {results[other]['write'] / results[first]['write']:.2f}x")  # fmt: skip
         ref_text = results[first]["chosen_text"]
-        threads = os.cpu_count() or 1
-        ref, tokens = next_token_logprobs(results[first]["path"], ref_text, threads)
-        p_ref = np.exp(ref)
         compared = {results[first]["path"]}
         for other in others:
             if results[other]["path"] in compared:
                 continue
             compared.add(results[other]["path"])
-            lp, _ = next_token_logprobs(results[other]["path"], ref_text, threads)
-            kl = float((p_ref * (ref - lp)).sum(axis=1).mean())
-            top1 = float((ref.argmax(axis=1) == lp.argmax(axis=1)).mean())
-            print(f"  next-token KL({first} || {other}) {kl:.4f} nats, top-1 agreement {top1:.3f}, over {len(tokens)} tokens of {first}'s chosen answers")
+            d = divergence(results[first]["path"], results[other]["path"], ref_text, os.cpu_count() or 1)
+            print(f"  next-token KL({first} || {other}) {d.kl:.4f} nats, top-1 agreement {d.top1_agreement:.3f}, over {d.tokens} tokens of {first}'s chosen answers")
 
 
 if __name__ == "__main__":

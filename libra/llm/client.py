@@ -349,7 +349,7 @@ def open_client(
     usage_out = usage_file(stage, usage_path)
     with ExitStack() as stack:
 
-        def connect() -> str:
+        def connect() -> list[str]:
             return stack.enter_context(local_servers(role.model, llm.local)) if local else [role.base_url]
 
         endpoint_key = local_endpoint_key(llm.local) if local else role.base_url
