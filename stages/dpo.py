@@ -1,7 +1,7 @@
 r"""Train a LoRA adapter with DPO over the base model.
 
     python stages/dpo.py --model models/base --train data/train.parquet \
-        --ref-logps data/ref_logps.parquet --out models/dpo \
+        --ref-logps data/ref_logps.parquet [--frozen-states data/frozen_states.safetensors] --out models/dpo \
         --checkpoints models/dpo_checkpoints --metrics metrics/train.json --plots dvclive
 
 Reads params `dpo.*` (all but max_prompt_length/max_length are training knobs; those two
@@ -21,7 +21,9 @@ from pathlib import Path
 from libra.config import load_params
 from libra.io import read_parquet, write_json
 from libra.stage import entrypoint
-from libra.train.dpo import per_device_batch, run_fingerprint, save_adapter, train, training_dataset, write_curves
+from libra.train.dpo import (
+    per_device_batch, run_fingerprint, save_adapter, stored_frozen_states, train, training_dataset, write_curves,
+)
 from libra.train.encode import check_pairs, encode_pairs
 from libra.train.precision import choose_precision
 from libra.train.runtime import load_tokenizer, rank, relaunch_under_torchrun, seed_everything, set_threads, world_size
@@ -33,6 +35,8 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="base checkpoint dir (base_model stage output)")
     parser.add_argument("--train", required=True, help="training pairs parquet (split stage output)")
     parser.add_argument("--ref-logps", required=True, help="reference log-probs parquet (ref_logps stage output)")
+    parser.add_argument("--frozen-states", help="ref_logps stage's hidden states entering dpo.lora.first_layer (safetensors); "
+                        "used when made for these pairs, layer and precision, else the layers run here")
     parser.add_argument("--out", required=True, help="adapter dir to write (standard PEFT format)")
     parser.add_argument("--checkpoints", required=True, help="checkpoint dir, kept between runs to resume")
     parser.add_argument("--metrics", required=True, help="summary metrics json to write")
@@ -57,9 +61,10 @@ def main() -> None:
     encoded = encode_pairs(train_pairs, tokenizer, params.max_prompt_length, params.max_length)
     dataset = training_dataset(encoded, read_parquet(args.ref_logps), args.ref_logps)
     fingerprint = run_fingerprint(params, world_size(), Path(args.model), [Path(args.train), Path(args.ref_logps)])
+    frozen = stored_frozen_states(args.frozen_states, params.lora.first_layer, encoded, precision)
 
     # Train
-    trainer, metrics = train(params, Path(args.model), dataset, Path(args.checkpoints), fingerprint, threads, precision)
+    trainer, metrics = train(params, Path(args.model), dataset, Path(args.checkpoints), fingerprint, threads, precision, frozen)
 
     # Save
     if rank() == 0:

@@ -1,17 +1,21 @@
 """Reference log-probs of every training pair under the base model.
 
     python stages/ref_logps.py --model models/base --train data/train.parquet --out data/ref_logps.parquet \
-        [--stats metrics/ref_logps.json]
+        [--frozen-states data/frozen_states.safetensors] [--stats metrics/ref_logps.json]
 
-Reads params `dpo.max_prompt_length`, `dpo.max_length` and `compute.precision` only, so
-a sweep over beta, learning rate or LoRA settings reuses this output. Runs on one GPU if
+Reads params `dpo.max_prompt_length`, `dpo.max_length`, `dpo.lora.first_layer` and
+`compute.precision` only, so a sweep over beta, learning rate or LoRA rank reuses this
+output. Runs on one GPU if
 present, else on all CPU cores (thread count does not change the result), in the
 precision `libra.train.precision` chooses (fp32 on CPUs without native bf16). Pairs are
 tokenised by the same function the dpo stage uses (chat template on the prompt, TRL's
 prompt/completion split, libra's truncation) and run through the forward the dpo step
 uses (one packed row per pair, completion-only LM head). Writes pair_id,
-ref_chosen_logps, ref_rejected_logps (summed over completion tokens), and with --stats
-a small JSON: pairs, tokens, seconds, tokens/s, threads and the precision with its reason.
+ref_chosen_logps, ref_rejected_logps (summed over completion tokens). With
+--frozen-states it also writes the hidden states entering decoder layer
+`dpo.lora.first_layer`, kept from the same forward (an empty file when it is 0), so the dpo
+stage does not run the frozen layers again. With --stats a small JSON: pairs, tokens,
+seconds, tokens/s, threads, the states' size and the precision with its reason.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
 from libra.train.encode import check_pairs, encode_pairs
 from libra.train.precision import bf16_matmul_weights, choose_precision
-from libra.train.ref_logps import reference_logps
+from libra.train.frozen_layers import FrozenLayerStates
+from libra.train.ref_logps import reference_pass
 from libra.train.runtime import load_base, set_threads
 
 
@@ -34,6 +39,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="base checkpoint dir (base_model stage output)")
     parser.add_argument("--train", required=True, help="training pairs parquet (split stage output)")
     parser.add_argument("--out", required=True, help="parquet to write: pair_id, ref_chosen_logps, ref_rejected_logps")
+    parser.add_argument("--frozen-states", help="safetensors to write: hidden states entering decoder layer dpo.lora.first_layer")
     parser.add_argument("--stats", help="optional JSON to write: pairs, tokens, seconds, precision")
     args = parser.parse_args()
 
@@ -55,19 +61,29 @@ def main() -> None:
     # Compute
     start = time.perf_counter()
     encoded = encode_pairs(train, tokenizer, params.max_prompt_length, params.max_length)
-    ref = reference_logps(model, encoded, tokenizer.pad_token_id, autocast_bf16=precision.autocast_bf16)
+    capture = params.lora.first_layer if args.frozen_states else 0
+    ref, states = reference_pass(model, encoded, tokenizer.pad_token_id, autocast_bf16=precision.autocast_bf16,
+                                 capture_layer=capture)  # fmt: skip
     seconds = time.perf_counter() - start
 
     # Save
     write_parquet(ref, args.out)
+    states_mib = 0.0
+    if args.frozen_states:
+        states = states or FrozenLayerStates.from_rows(0, [], seconds)  # first_layer 0: an empty file, for DVC
+        states.save(args.frozen_states, encoded["pair_id"].to_list(), precision.states_key)
+        states_mib = round(states.nbytes / 2**20, 1)
     lengths = [len(p) + len(c) + len(r) for p, c, r in encoded.select("prompt_ids", "chosen_ids", "rejected_ids").iter_rows()]
     tokens = sum(lengths)
     if args.stats:
         write_json({
             "pairs": ref.height, "tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
-            "threads": threads, "precision": precision.record(),
+            "threads": threads, "frozen_states_first_layer": capture, "frozen_states_mib": states_mib,
+            "precision": precision.record(),
         }, args.stats)  # fmt: skip
     print(f"ref_logps: {ref.height} pairs, {tokens} tokens (prompt once per pair), {threads} threads, {seconds:.1f}s")
+    if capture:
+        print(f"ref_logps: kept the hidden states entering decoder layer {capture} ({states_mib} MiB) for the dpo stage")
 
 
 if __name__ == "__main__":

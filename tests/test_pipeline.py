@@ -98,8 +98,11 @@ def test_full_repro_writes_every_output(project: Path) -> None:
     suite = pl.read_parquet(project / "data/suites/in_domain.parquet")
     assert set(suite["partition"]) == {"unseen_compound", "seen_compound", "robustness"}
     assert set(pl.read_parquet(project / "data/suites/xstest.parquet")["partition"]) == {"safe", "unsafe"}
-    train_precision = json.loads((project / "metrics/train.json").read_text())["precision"]
+    train_metrics = json.loads((project / "metrics/train.json").read_text())
+    train_precision = train_metrics["precision"]
     assert train_precision["precision"] in ("fp32", "bf16") and train_precision["reason"]
+    # dpo.lora.first_layer 1: the dpo stage took layer 0's output from the ref_logps stage's forward
+    assert train_metrics["frozen_layers"]["source"] == "ref_logps" and train_metrics["frozen_layers"]["mib"] > 0
     shown = sh(["dvc", "metrics", "show", "--json"], project).stdout
     assert "safety" in shown and "utility" in shown
     report = (project / "metrics/report.md").read_text()

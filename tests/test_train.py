@@ -342,6 +342,50 @@ def test_frozen_layers_run_once_and_the_step_keeps_its_loss_and_gradients(tiny_b
     assert our_grads.abs().sum() > 0 and torch.allclose(our_grads, their_grads, atol=1e-6, rtol=1e-4)
 
 
+def test_reference_pass_keeps_the_frozen_layer_states_the_dpo_step_would_compute(tiny_base: Path, tmp_path: Path) -> None:
+    """ref_logps' forward keeps the states entering first_layer: equal to the trainer's own pass, saved, loaded, checked."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from libra.train.dpo import stored_frozen_states
+    from libra.train.frozen_layers import FrozenLayerStates
+    from libra.train.ref_logps import reference_pass
+
+    params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=LoraParams(dropout=0.0, first_layer=1))
+    precision = fp32_precision()
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    encoded = encode_pairs(make_pairs(6), tok, params.max_prompt_length, params.max_length)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).requires_grad_(False)
+    plain = reference_logps(model, encoded, tok.pad_token_id, batch_tokens=256)
+    ref, states = reference_pass(model, encoded, tok.pad_token_id, batch_tokens=256, capture_layer=1)
+    assert ref.equals(plain) and states is not None  # capturing changes no log-prob
+    rows = encoded.select("prompt_ids", "chosen_ids", "rejected_ids").to_dicts()
+    own = FrozenLayerStates.compute(model, rows, tok.pad_token_id, 1, batch_tokens=256)
+    assert states.offsets == own.offsets and torch.equal(states.flat, own.flat)
+
+    # the stage's batches (the default batch_tokens, as the trainer's own pass uses): saved, loaded, checked
+    states = reference_pass(model, encoded, tok.pad_token_id, capture_layer=1)[1]
+    own = FrozenLayerStates.compute(model, rows, tok.pad_token_id, 1)
+    path = tmp_path / "frozen_states.safetensors"
+    states.save(path, encoded["pair_id"].to_list(), precision.states_key)
+    loaded = stored_frozen_states(str(path), 1, encoded, precision)
+    assert loaded is not None and torch.equal(loaded.flat, own.flat) and loaded.offsets == own.offsets
+    # made for another layer, precision or set of pairs: the dpo stage runs the layers itself
+    assert stored_frozen_states(str(path), 2, encoded, precision) is None
+    bf16 = choose_precision("auto", CPU_BF16, measure=lambda: {"float32": 100.0, "bfloat16": 400.0})
+    assert stored_frozen_states(str(path), 1, encoded, bf16) is None
+    assert stored_frozen_states(str(path), 1, encoded.reverse(), precision) is None
+    assert stored_frozen_states(str(tmp_path / "absent.safetensors"), 1, encoded, precision) is None
+
+    # the trainer takes them as they are, and its batches carry them
+    trainer = tiny_trainer(tiny_base, tmp_path, params, precision, n=6, frozen_states=loaded)
+    assert trainer.frozen_source == "ref_logps" and trainer.data_collator.frozen is loaded
+    computed = tiny_trainer(tiny_base, tmp_path / "b", params, precision, n=6)
+    assert computed.frozen_source == "computed"
+    batch_rows = [trainer.train_dataset[i] for i in range(4)]
+    assert torch.equal(trainer.data_collator(batch_rows)["start_hidden"], computed.data_collator(batch_rows)["start_hidden"])
+
+
 def test_first_layer_beyond_the_model_or_under_a_trainable_module_fails_in_one_line(tiny_base: Path) -> None:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM

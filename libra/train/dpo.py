@@ -20,8 +20,9 @@ bench/dpo_throughput.py):
   recomputing them costs a third more compute;
 - batches are grouped by length (LengthBucketSampler), so little compute goes to padding;
 - with `dpo.lora.first_layer` = k > 0 the adapter covers layers k and up, and the frozen
-  layers below run once per pair before training (`libra.train.frozen_layers`), not at
-  every step.
+  layers below run once per pair, not at every step (`libra.train.frozen_layers`): their
+  output is kept by the ref_logps stage's forward, or computed before training when that
+  file was made for other pairs, layers or precision.
 Every use of TRL internals lives in `libra.train.trl_compat` (checked before training).
 """
 
@@ -87,7 +88,7 @@ class LibraDPOTrainer(PretokenizedDPOTrainer):
     """
 
     def __init__(self, *args: Any, cpu_bf16: bool = False, opening: tuple[float, int] = (0.0, 4), first_layer: int = 0,
-                 **kwargs: Any) -> None:  # fmt: skip
+                 frozen_states: FrozenLayerStates | None = None, **kwargs: Any) -> None:  # fmt: skip
         self._cpu_bf16 = cpu_bf16
         self._opening_weight, self._opening_tokens = opening
         if kwargs.get("data_collator") is None:
@@ -100,8 +101,12 @@ class LibraDPOTrainer(PretokenizedDPOTrainer):
         self._packed = isinstance(self.data_collator, PackedPairCollator)
         if cpu_bf16:  # after PEFT wrapped the model: the frozen base in bf16, LoRA in fp32
             bf16_matmul_weights(self.model)
+        self.frozen_source = "none"
         if first_layer > 0 and self._packed and self.train_dataset is not None:
-            self.data_collator.frozen = self._frozen_layer_states(first_layer)
+            if frozen_states is not None and frozen_states.first_layer == first_layer:
+                self.data_collator.frozen, self.frozen_source = frozen_states, "ref_logps"
+            else:
+                self.data_collator.frozen, self.frozen_source = self._frozen_layer_states(first_layer), "computed"
 
     def _frozen_layer_states(self, first_layer: int) -> FrozenLayerStates:
         """Run the frozen decoder layers below `first_layer` once over every training pair."""
@@ -329,6 +334,26 @@ def dpo_config(params: DPOParams, checkpoints: Path, world: int, precision: Prec
     )
 
 
+def stored_frozen_states(
+    path: str | None, first_layer: int, encoded: pl.DataFrame, precision: Precision
+) -> FrozenLayerStates | None:
+    """The ref_logps stage's states for these encoded pairs, or None (printing why) when the dpo stage must compute them."""
+    if first_layer == 0 or not path:
+        return None
+    if not Path(path).is_file():
+        print(f"dpo: {path} not found: running decoder layers 0-{first_layer - 1} here", flush=True)
+        return None
+    states, meta = FrozenLayerStates.load(path)
+    lengths = [len(p) + len(c) + len(r) for p, c, r in encoded.select("prompt_ids", "chosen_ids", "rejected_ids").iter_rows()]
+    why = states.mismatch(meta, first_layer, encoded["pair_id"].to_list(), lengths, precision.states_key)
+    if why:
+        print(f"dpo: {path} was {why}: running decoder layers 0-{first_layer - 1} here", flush=True)
+        return None
+    print(f"dpo: decoder layers 0-{first_layer - 1} are frozen: their output for {len(lengths)} pairs comes from "
+          f"{path} ({states.nbytes / 2**20:.0f} MiB, kept by the ref_logps stage's forward)", flush=True)  # fmt: skip
+    return states
+
+
 def training_dataset(encoded: pl.DataFrame, ref: pl.DataFrame, ref_source: str) -> Dataset:
     """Join encoded pairs with their reference log-probs; every pair must have one."""
     missing = [c for c in ("pair_id", *REF_COLUMNS) if c not in ref.columns]
@@ -454,8 +479,12 @@ def train(
     fingerprint: str,
     threads: int,
     precision: Precision,
+    frozen_states: FrozenLayerStates | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train (resuming this run's last checkpoint if any); return the trainer and the summary metrics.
+
+    `frozen_states`: the ref_logps stage's hidden states entering `dpo.lora.first_layer`
+    for these pairs (checked by the caller, `FrozenLayerStates.mismatch`); None computes them.
 
     Every rank calls this; only the caller on the main process should write outputs.
     """
@@ -487,6 +516,7 @@ def train(
         cpu_bf16=precision.autocast_bf16,
         opening=(params.opening_weight, params.opening_tokens),
         first_layer=params.lora.first_layer,
+        frozen_states=frozen_states,
     )
     start_step = 0
     if resume:
@@ -500,4 +530,10 @@ def train(
     metrics["steps_this_run"] = trainer.state.global_step - start_step
     summary = summarise(trainer.state.log_history, metrics, params, world, threads)
     summary["precision"] = precision.record()
+    frozen = trainer.data_collator.frozen
+    summary["frozen_layers"] = {
+        "first_layer": params.lora.first_layer, "source": trainer.frozen_source,
+        "seconds": round(frozen.seconds, 2) if frozen is not None and trainer.frozen_source == "computed" else 0.0,
+        "mib": round(frozen.nbytes / 2**20, 1) if frozen is not None else 0.0,
+    }  # fmt: skip
     return trainer, summary

@@ -11,6 +11,12 @@ On SmolLM2-135M (30 layers) with k = 15 a step does about half the matmul work o
 all-layer step; the one-off pass costs about half a reference pass. Memory: every
 pair's packed tokens x hidden size x 4 bytes (fp32), printed when the cache is built.
 
+The reference pass (stage ref_logps) runs these same layers over the same packed rows, in
+the same batches and precision, so it keeps their output on the way (`capture_layer_input`)
+and writes it (`save`, a safetensors file); the dpo stage loads it (`load`, `mismatch`)
+instead of running the layers again, and runs them itself only when the file was made for
+other pairs, another `first_layer` or another precision.
+
 Works on decoders whose inner model (`model.model`) runs `self.layers` in order and ends
 with `self.norm` (Llama, SmolLM2, Qwen2, Mistral). Layers are swapped for the call, not
 copied: the parameters, PEFT wrappers and DDP hooks are the same objects.
@@ -19,9 +25,11 @@ copied: the parameters, PEFT wrappers and DDP hooks are the same objects.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,6 +83,32 @@ def check_frozen_below(model: Any, first_layer: int) -> None:
                 )
 
 
+@contextlib.contextmanager
+def capture_layer_input(model: Any, layer: int) -> Iterator[list[torch.Tensor]]:
+    """For the duration, every forward appends the hidden states entering decoder layer `layer` to the yielded list."""
+    layers = inner_decoder(model).layers
+    if not 0 < layer < len(layers):
+        raise ParamsError(
+            f"params: dpo.lora.first_layer is {layer}, but the base model has {len(layers)} decoder layers; "
+            f"use 0 (all layers) up to {len(layers) - 1}"
+        )
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        captured.append(args[0] if args else kwargs["hidden_states"])
+
+    handle = layers[layer].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def pair_ids_digest(pair_ids: Sequence[str]) -> str:
+    """A short digest of the pairs, in order: a states file is valid only for the same pairs in the same order."""
+    return hashlib.sha256("\n".join(pair_ids).encode()).hexdigest()[:16]
+
+
 @dataclass
 class FrozenLayerStates:
     """Every pair's packed-row hidden states entering decoder layer `first_layer`, flat, with row offsets."""
@@ -112,11 +146,48 @@ class FrozenLayerStates:
                 for j, i in enumerate(batch):
                     per_row[i] = hidden[j, : lengths[i]].cpu()  # the model's dtype: the upper layers take it as is
         model.train(was_training)
+        return cls.from_rows(first_layer, [t for t in per_row if t is not None], time.perf_counter() - start)
+
+    @classmethod
+    def from_rows(cls, first_layer: int, per_row: Sequence[torch.Tensor], seconds: float) -> FrozenLayerStates:
         offsets = [0]
-        for n in lengths:
-            offsets.append(offsets[-1] + n)
-        flat = torch.cat([t for t in per_row if t is not None]) if rows else torch.zeros(0, 0)
-        return cls(first_layer, flat, offsets, time.perf_counter() - start)
+        for t in per_row:
+            offsets.append(offsets[-1] + t.shape[0])
+        flat = torch.cat(list(per_row)) if per_row else torch.zeros(0, 0)
+        return cls(first_layer, flat, offsets, seconds)
+
+    def save(self, path: str | Path, pair_ids: Sequence[str], precision: str) -> None:
+        """Write a safetensors file: the states, the row offsets, and what they were made for."""
+        from safetensors.torch import save_file
+
+        meta = {"first_layer": str(self.first_layer), "pairs": pair_ids_digest(pair_ids), "precision": precision,
+                "seconds": f"{self.seconds:.2f}"}  # fmt: skip
+        tmp = Path(f"{path}.tmp")
+        save_file({"flat": self.flat.contiguous(), "offsets": torch.tensor(self.offsets, dtype=torch.int64)}, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[FrozenLayerStates, dict[str, str]]:
+        """The states in a file `save` wrote, and its metadata (first_layer, pairs digest, precision)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            flat, offsets = f.get_tensor("flat"), f.get_tensor("offsets").tolist()
+        return cls(int(meta.get("first_layer", 0)), flat, offsets, float(meta.get("seconds", 0.0))), meta
+
+    def mismatch(self, meta: dict[str, str], first_layer: int, pair_ids: Sequence[str], lengths: Sequence[int],
+                 precision: str) -> str | None:  # fmt: skip
+        """Why these states cannot stand in for running layers 0..first_layer-1 over these pairs; None when they can."""
+        if self.first_layer != first_layer:
+            return f"made for first_layer {self.first_layer}, not {first_layer}"
+        if meta.get("precision") != precision:
+            return f"made in {meta.get('precision')}, not {precision}"
+        if meta.get("pairs") != pair_ids_digest(pair_ids):
+            return "made for other pairs"
+        if [b - a for a, b in zip(self.offsets, self.offsets[1:], strict=False)] != list(lengths):
+            return "made with other token lengths"
+        return None
 
     def batch(self, pair_index: list[int], width: int) -> torch.Tensor:
         """(B, width, hidden) for the packed rows of these pairs, zero at padding (padding attends only to itself)."""

@@ -63,6 +63,11 @@ class Precision:
         return asdict(self)
 
     @property
+    def states_key(self) -> str:
+        """What a stored activation depends on: device, weight dtype and autocast (frozen-layer states)."""
+        return f"{self.device}:{self.dtype}{':bf16-autocast' if self.autocast_bf16 else ''}"
+
+    @property
     def torch_dtype(self) -> Any:
         import torch
 

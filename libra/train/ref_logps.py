@@ -8,7 +8,9 @@ the two length limits and the precision.
 The forward is the one the dpo step uses (`pair_logps`): each pair is one packed row
 `[prompt; chosen; rejected]` (the prompt computed once, see `encode.pack_pairs`), rows are
 grouped by length into batches of about `batch_tokens` tokens, and only the completion
-positions go through the 49k-vocabulary LM head.
+positions go through the 49k-vocabulary LM head. With `capture_layer` = k > 0
+(`dpo.lora.first_layer`) the pass also keeps the hidden states entering decoder layer k,
+which the dpo stage would otherwise compute again (`frozen_layers.FrozenLayerStates`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import polars as pl
 import torch
 
 from libra.train.encode import pack_pairs
-from libra.train.frozen_layers import decoder_span
+from libra.train.frozen_layers import FrozenLayerStates, capture_layer_input, decoder_span
 
 
 @contextlib.contextmanager
@@ -107,18 +109,42 @@ def reference_logps(
     `autocast_bf16` runs the matmuls under CPU bfloat16 autocast (only where the CPU runs
     bf16 natively: libra.train.precision decides); the log-softmax stays fp32.
     """
+    return reference_pass(model, encoded, pad_id, batch_tokens, autocast_bf16)[0]
+
+
+def reference_pass(
+    model: Any, encoded: pl.DataFrame, pad_id: int, batch_tokens: int = 4096, autocast_bf16: bool = False,
+    capture_layer: int = 0,
+) -> tuple[pl.DataFrame, FrozenLayerStates | None]:  # fmt: skip
+    """`reference_logps`, and with `capture_layer` > 0 every pair's hidden states entering that decoder layer.
+
+    The states are those `FrozenLayerStates.compute` gives for the same rows: the same
+    packed rows, batches and precision, taken from inside the full forward.
+    """
+    import time
+
     model.eval()
+    start = time.perf_counter()
     rows = encoded.select("prompt_ids", "chosen_ids", "rejected_ids").to_dicts()
     lengths = [len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows]
     chosen = [0.0] * len(rows)
     rejected = [0.0] * len(rows)
+    per_row: list[torch.Tensor | None] = [None] * len(rows)
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext()
-    with torch.inference_mode(), cast:
+    capture = capture_layer_input(model, capture_layer) if capture_layer > 0 else contextlib.nullcontext([])
+    with torch.inference_mode(), cast, capture as captured:
         for batch in length_batches(lengths, batch_tokens):
             logps = pair_logps(model, pack_pairs([rows[i] for i in batch], pad_id)).float().cpu().tolist()
             for j, i in enumerate(batch):
                 chosen[i], rejected[i] = logps[2 * j], logps[2 * j + 1]
-    return encoded.select("pair_id").with_columns(
+                if captured:
+                    per_row[i] = captured[-1][j, : lengths[i]].cpu()
+            captured.clear()
+    logps_table = encoded.select("pair_id").with_columns(
         pl.Series("ref_chosen_logps", chosen, dtype=pl.Float64),
         pl.Series("ref_rejected_logps", rejected, dtype=pl.Float64),
     )
+    if capture_layer <= 0:
+        return logps_table, None
+    states = FrozenLayerStates.from_rows(capture_layer, [t for t in per_row if t is not None], time.perf_counter() - start)
+    return logps_table, states
