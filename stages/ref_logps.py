@@ -26,7 +26,7 @@ import time
 from libra.config import load_params
 from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
-from libra.train.encode import check_pairs, encode_pairs
+from libra.train.encode import check_pairs, encode_pairs, packed_lengths
 from libra.train.precision import bf16_matmul_weights, choose_precision
 from libra.train.frozen_layers import FrozenLayerStates
 from libra.train.ref_logps import reference_pass
@@ -70,11 +70,10 @@ def main() -> None:
     write_parquet(ref, args.out)
     states_mib = 0.0
     if args.frozen_states:
-        states = states or FrozenLayerStates.from_rows(0, [], seconds)  # first_layer 0: an empty file, for DVC
+        states = states or FrozenLayerStates.from_rows(0, [], 0.0)  # first_layer 0: an empty file, for DVC
         states.save(args.frozen_states, encoded["pair_id"].to_list(), precision.states_key)
         states_mib = round(states.nbytes / 2**20, 1)
-    lengths = [len(p) + len(c) + len(r) for p, c, r in encoded.select("prompt_ids", "chosen_ids", "rejected_ids").iter_rows()]
-    tokens = sum(lengths)
+    tokens = sum(packed_lengths(encoded))
     if args.stats:
         write_json({
             "pairs": ref.height, "tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),

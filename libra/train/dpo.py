@@ -44,7 +44,7 @@ from trl import DPOConfig
 from libra.config import DPOParams, params_hash
 from libra.errors import InputError, ParamsError
 from libra.io import sha256_file, write_json
-from libra.train.encode import pack_pairs
+from libra.train.encode import pack_pairs, packed_lengths
 from libra.train.frozen_layers import FrozenLayerStates
 from libra.train.precision import Precision, bf16_matmul_weights
 from libra.train.ref_logps import pair_and_token_logps
@@ -344,7 +344,7 @@ def stored_frozen_states(
         print(f"dpo: {path} not found: running decoder layers 0-{first_layer - 1} here", flush=True)
         return None
     states, meta = FrozenLayerStates.load(path)
-    lengths = [len(p) + len(c) + len(r) for p, c, r in encoded.select("prompt_ids", "chosen_ids", "rejected_ids").iter_rows()]
+    lengths = packed_lengths(encoded)
     why = states.mismatch(meta, first_layer, encoded["pair_id"].to_list(), lengths, precision.states_key)
     if why:
         print(f"dpo: {path} was {why}: running decoder layers 0-{first_layer - 1} here", flush=True)

@@ -94,6 +94,11 @@ def encode_pairs(df: pl.DataFrame, tokenizer: Any, max_prompt_length: int, max_l
     )
 
 
+def packed_lengths(encoded: pl.DataFrame) -> list[int]:
+    """Tokens of each pair's packed row `[prompt; chosen; rejected]` (`pack_pairs`), in input order."""
+    return [len(p) + len(c) + len(r) for p, c, r in encoded.select("prompt_ids", "chosen_ids", "rejected_ids").iter_rows()]
+
+
 def pack_pairs(pairs: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """One row per pair, `[prompt; chosen; rejected]`, the prompt computed once for both answers.
 

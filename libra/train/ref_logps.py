@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from libra.train.encode import pack_pairs
+from libra.train.encode import pack_pairs, packed_lengths
 from libra.train.frozen_layers import FrozenLayerStates, capture_layer_input, decoder_span
 
 
@@ -119,14 +119,12 @@ def reference_pass(
     """`reference_logps`, and with `capture_layer` > 0 every pair's hidden states entering that decoder layer.
 
     The states are those `FrozenLayerStates.compute` gives for the same rows: the same
-    packed rows, batches and precision, taken from inside the full forward.
+    packed rows, batches and precision, taken from inside the full forward (so they cost
+    no pass of their own: their `seconds` is 0).
     """
-    import time
-
     model.eval()
-    start = time.perf_counter()
     rows = encoded.select("prompt_ids", "chosen_ids", "rejected_ids").to_dicts()
-    lengths = [len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows]
+    lengths = packed_lengths(encoded)
     chosen = [0.0] * len(rows)
     rejected = [0.0] * len(rows)
     per_row: list[torch.Tensor | None] = [None] * len(rows)
@@ -146,5 +144,4 @@ def reference_pass(
     )
     if capture_layer <= 0:
         return logps_table, None
-    states = FrozenLayerStates.from_rows(capture_layer, [t for t in per_row if t is not None], time.perf_counter() - start)
-    return logps_table, states
+    return logps_table, FrozenLayerStates.from_rows(capture_layer, [t for t in per_row if t is not None], 0.0)
