@@ -106,6 +106,32 @@ def test_base_model_from_a_local_dir_is_a_plain_fp32_checkpoint(tiny_base: Path,
     assert AutoTokenizer.from_pretrained(tmp_path / "base").chat_template
 
 
+def test_the_shipped_gguf_is_parsed_once_for_its_tokenizer_and_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers parses a GGUF file once per from_pretrained; the base_model stage loads
+    tokenizer, config and weights from it, so without the cache it would parse it three times."""
+    import gguf
+    from transformers import AutoConfig, AutoTokenizer
+
+    from libra.llm.local import smollm2_gguf
+    from libra.train.base_model import gguf_parsed_once
+
+    parses: list[str] = []
+
+    class CountingReader(gguf.GGUFReader):
+        def __init__(self, path: str, *args: object, **kwargs: object) -> None:
+            parses.append(str(path))
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    path = smollm2_gguf()
+    with gguf_parsed_once():
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    assert len(parses) == 1, parses
+    assert config.num_hidden_layers == 30
+    assert gguf.GGUFReader is CountingReader  # restored on exit
+
+
 # --- encoding ------------------------------------------------------------------------------
 
 

@@ -29,7 +29,6 @@ import polars as pl
 from libra.config import Params
 from libra.errors import InputError
 from libra.eval.judges import rules
-from libra.eval.judges.classifier import ClassifierJudge, load
 from libra.eval.judges.fusion import Fusion, fuse, pairwise_kappa
 from libra.eval.judges.llm import judge_request, parse_result
 from libra.eval.judges.reasoning import reasoning_leak, split_reasoning
@@ -55,6 +54,8 @@ def open_judges(
     if "classifier" in names:
         if classifier_path is None:
             raise InputError("the classifier judge needs a model path; pass --classifier models/judge_classifier.joblib")
+        from libra.eval.judges.classifier import ClassifierJudge, load  # sklearn: 2 s to import, so only when used
+
         judges["classifier"] = ClassifierJudge(load(classifier_path)).many
     if "llm" not in names:
         yield judges

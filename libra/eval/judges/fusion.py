@@ -20,8 +20,6 @@ from collections.abc import Mapping, Sequence
 from itertools import combinations
 from typing import Literal
 
-from sklearn.metrics import cohen_kappa_score
-
 from libra.eval.judges.verdict import Verdict, withheld
 
 Fusion = Literal["vote", "any_refusal", "llm_only"]
@@ -85,6 +83,8 @@ def _kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
     labels = sorted(set(a) | set(b))
     if len(labels) < 2:
         return 1.0  # Both judges gave one and the same label on every item: full agreement.
+    from sklearn.metrics import cohen_kappa_score  # 2 s to import; only judge pairs need it
+
     k = float(cohen_kappa_score(a, b, labels=labels))
     return None if math.isnan(k) else round(k, 4)
 
