@@ -20,6 +20,10 @@ Paths, all with the same LoRA (`dpo.lora.*`), pairs, batch, loss, beta, learning
   all-layer path `libra-first0` beside it);
 - `libra-eager`: `libra` with transformers' eager attention instead of SDPA (not in the
   default --paths; on one AMX CPU SDPA's backward was a fifth of a step);
+- `libra-noprefix`: `libra` with every row carrying the prompts' shared prefix (the chat
+  template's system turn) instead of running it once per batch (not in the default
+  --paths); with it, the reference pass is also timed both ways, and the largest
+  difference between the two passes' log-probs is printed;
 - `libra-first<K>` (with `--first-layer K`): `libra` with `dpo.lora.first_layer` = K, LoRA
   on layers K and up and the frozen layers below run once per pair before the steps (that
   one-off pass is printed apart, like the reference pass).
@@ -49,7 +53,8 @@ from libra.io import read_parquet
 from libra.train.dpo import LibraDPOTrainer, dpo_config, lora_config, training_dataset
 from libra.train.encode import conversation, encode_pairs
 from libra.train.precision import bf16_matmul_weights, choose_precision
-from libra.train.ref_logps import reference_logps
+from libra.train.encode import shared_prefix_length
+from libra.train.ref_logps import reference_pass
 from libra.train.runtime import seed_everything, set_threads
 
 
@@ -214,8 +219,15 @@ def main() -> None:
     if precision.autocast_bf16:
         bf16_matmul_weights(base.requires_grad_(False))  # as the ref_logps stage does
     start = time.perf_counter()
-    ref = reference_logps(base, encoded, tokenizer.pad_token_id, autocast_bf16=precision.autocast_bf16)
+    ref = reference_pass(base, encoded, tokenizer.pad_token_id, autocast_bf16=precision.autocast_bf16)[0]
     ref_seconds = time.perf_counter() - start
+    prefix = shared_prefix_length(encoded["prompt_ids"].to_list())
+    ref_unshared: tuple[float, float] | None = None  # seconds, largest |log-prob difference|
+    if "libra-noprefix" in args.paths.split(","):
+        start = time.perf_counter()
+        unshared = reference_pass(base, encoded, tokenizer.pad_token_id, autocast_bf16=precision.autocast_bf16, share_prefix=False)[0]
+        diff = max((ref[c] - unshared[c]).abs().max() for c in ("ref_chosen_logps", "ref_rejected_logps"))
+        ref_unshared = (time.perf_counter() - start, float(diff))
     lens = [(len(p), len(c), len(r)) for p, c, r in encoded.select("prompt_ids", "chosen_ids", "rejected_ids").iter_rows()]
     unpacked_tokens = sum(2 * p + c + r for p, c, r in lens)
     packed_tokens = sum(p + c + r for p, c, r in lens)
@@ -223,7 +235,7 @@ def main() -> None:
 
     trainers: dict[str, tuple[Any, StepTimer]] = {}
     paths = args.paths.split(",")
-    variants = {name: params for name in ("libra-unpacked", "libra", "libra-eager") if name in paths}
+    variants = {name: params for name in ("libra-unpacked", "libra", "libra-eager", "libra-noprefix") if name in paths}
     if args.first_layer is not None:
         first = f"libra-first{args.first_layer}"
         variants[first] = params.model_copy(update={"lora": params.lora.model_copy(update={"first_layer": args.first_layer})})
@@ -257,7 +269,7 @@ def main() -> None:
             ref_model=None, args=config,
             train_dataset=training_dataset(encoded, ref, "bench"), processing_class=tokenizer, data_collator=collator,
             peft_config=lora_config(variant, model), callbacks=[timer], cpu_bf16=precision.autocast_bf16,
-            first_layer=variant.lora.first_layer,
+            first_layer=variant.lora.first_layer, share_prefix=name != "libra-noprefix",
         ), timer)  # fmt: skip
 
     results: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in trainers}
@@ -313,8 +325,12 @@ def main() -> None:
                 print(f"speed-up libra / {other}: {step_secs[other] / step_secs['libra']:.2f}x per step")
     ref_floor = 2 * n_params * unpacked_tokens / (chosen_rate * 1e9)
     print(f"reference pass (once per dataset): {ref_seconds:.1f} s for {len(pairs)} pairs, {unpacked_tokens} tokens "
-          f"({packed_tokens} computed, the prompt once per pair); floor 2 x params x tokens = {ref_floor:.1f} s: "
+          f"({packed_tokens} in packed rows, the prompt once per pair; {prefix} of each prompt's tokens shared by every "
+          f"pair, computed once per batch); floor 2 x params x tokens = {ref_floor:.1f} s: "
           f"{ref_seconds / ref_floor:.2f}x the floor")  # fmt: skip
+    if ref_unshared is not None:
+        print(f"reference pass with the shared prefix in every row: {ref_unshared[0]:.1f} s "
+              f"({ref_unshared[0] / ref_seconds:.2f}x the shared pass's time); largest log-prob difference {ref_unshared[1]:.2e}")  # fmt: skip
     for name, (trainer, _) in trainers.items():
         frozen = getattr(trainer.data_collator, "frozen", None)
         if frozen is not None:

@@ -10,12 +10,13 @@ present, else on all CPU cores (thread count does not change the result), in the
 precision `libra.train.precision` chooses (fp32 on CPUs without native bf16). Pairs are
 tokenised by the same function the dpo stage uses (chat template on the prompt, TRL's
 prompt/completion split, libra's truncation) and run through the forward the dpo step
-uses (one packed row per pair, completion-only LM head). Writes pair_id,
+uses (one packed row per pair, the prefix every prompt shares run once per batch,
+completion-only LM head). Writes pair_id,
 ref_chosen_logps, ref_rejected_logps (summed over completion tokens). With
 --frozen-states it also writes the hidden states entering decoder layer
 `dpo.lora.first_layer`, kept from the same forward (an empty file when it is 0), so the dpo
 stage does not run the frozen layers again. With --stats a small JSON: pairs, tokens,
-seconds, tokens/s, threads, the states' size and the precision with its reason.
+seconds, tokens/s, the shared prefix's tokens, threads, the states' size and the precision with its reason.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from libra.config import load_params
 from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
-from libra.train.encode import check_pairs, encode_pairs, packed_lengths
+from libra.train.encode import check_pairs, encode_pairs, packed_lengths, shared_prefix_length
 from libra.train.precision import bf16_matmul_weights, choose_precision
 from libra.train.frozen_layers import FrozenLayerStates
 from libra.train.ref_logps import reference_pass
@@ -74,13 +75,16 @@ def main() -> None:
         states.save(args.frozen_states, encoded["pair_id"].to_list(), precision.states_key)
         states_mib = round(states.nbytes / 2**20, 1)
     tokens = sum(packed_lengths(encoded))
+    prefix = shared_prefix_length(encoded["prompt_ids"].to_list())
     if args.stats:
         write_json({
             "pairs": ref.height, "tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1),
+            "shared_prefix_tokens": prefix,
             "threads": threads, "frozen_states_first_layer": capture, "frozen_states_mib": states_mib,
             "precision": precision.record(),
         }, args.stats)  # fmt: skip
-    print(f"ref_logps: {ref.height} pairs, {tokens} tokens (prompt once per pair), {threads} threads, {seconds:.1f}s")
+    print(f"ref_logps: {ref.height} pairs, {tokens} tokens (prompt once per pair; the {prefix} tokens every prompt starts "
+          f"with once per batch), {threads} threads, {seconds:.1f}s")  # fmt: skip
     if capture:
         print(f"ref_logps: kept the hidden states entering decoder layer {capture} ({states_mib} MiB) for the dpo stage")
 

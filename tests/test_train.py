@@ -402,6 +402,10 @@ def test_reference_pass_keeps_the_frozen_layer_states_the_dpo_step_would_compute
     assert stored_frozen_states(str(path), 1, encoded, bf16) is None
     assert stored_frozen_states(str(path), 1, encoded.reverse(), precision) is None
     assert stored_frozen_states(str(tmp_path / "absent.safetensors"), 1, encoded, precision) is None
+    unshared = reference_pass(model, encoded, tok.pad_token_id, capture_layer=1, share_prefix=False)[1]
+    assert unshared is not None and unshared.prefix_tokens == 0 < states.prefix_tokens
+    unshared.save(tmp_path / "unshared.safetensors", encoded["pair_id"].to_list(), precision.states_key)
+    assert stored_frozen_states(str(tmp_path / "unshared.safetensors"), 1, encoded, precision) is None
 
     # the trainer takes them as they are, and its batches carry them
     trainer = tiny_trainer(tiny_base, tmp_path, params, precision, n=6, frozen_states=loaded)
@@ -410,6 +414,46 @@ def test_reference_pass_keeps_the_frozen_layer_states_the_dpo_step_would_compute
     assert computed.frozen_source == "computed"
     batch_rows = [trainer.train_dataset[i] for i in range(4)]
     assert torch.equal(trainer.data_collator(batch_rows)["start_hidden"], computed.data_collator(batch_rows)["start_hidden"])
+
+
+def test_the_prompts_shared_prefix_runs_once_per_batch_with_the_same_logps_and_gradients(tiny_base: Path, tmp_path: Path) -> None:
+    """Every prompt opens with the template's system turn: run once per batch, log-probs and gradients stay the full rows'."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from libra.train.encode import pack_pairs, shared_prefix_length
+    from libra.train.ref_logps import pair_and_token_logps
+
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 4]]) == 2
+    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 1  # each prompt keeps a token of its own
+    assert shared_prefix_length([[5, 1], [6, 1]]) == 0 and shared_prefix_length([]) == 0
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    encoded = encode_pairs(make_pairs(6), tok, 64, 128)
+    rows = encoded.select("prompt_ids", "chosen_ids", "rejected_ids").to_dicts()
+    prefix = shared_prefix_length(encoded["prompt_ids"].to_list())
+    system_turn = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=True, return_dict=True)["input_ids"]
+    assert prefix > 10 and rows[0]["prompt_ids"][:prefix] == system_turn[:prefix]
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32)
+    results = []
+    for shared in (0, prefix):
+        packed = pack_pairs(rows, tok.pad_token_id, shared)
+        assert packed["attention_mask"].shape[-1] == shared + packed["input_ids"].shape[1]
+        model.zero_grad()
+        logps, token_logps = pair_and_token_logps(model, packed)
+        logps.sum().backward()
+        results.append((packed, logps.detach(), token_logps.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (full, full_logps, full_tokens, full_grads), (cut, logps, token_logps, grads) = results
+    assert full["input_ids"].shape[1] - cut["input_ids"].shape[1] == prefix and cut["tokens"] == full["tokens"]
+    assert torch.equal(full["target"], cut["target"]) and torch.equal(full["seq"], cut["seq"])
+    assert torch.allclose(logps, full_logps, atol=1e-4) and torch.allclose(token_logps, full_tokens, atol=1e-5)
+    assert torch.allclose(grads, full_grads, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="same"):
+        pack_pairs([*rows, {**rows[0], "prompt_ids": rows[0]["prompt_ids"][1:]}], tok.pad_token_id, prefix)
+
+    # the trainer's collator shares it; share_prefix=False (bench/dpo_throughput.py's libra-noprefix) does not
+    params = DPOParams(batch_size=4, max_prompt_length=64, max_length=128, lora=ALL_LAYER_LORA)
+    assert tiny_trainer(tiny_base, tmp_path / "a", params, fp32_precision()).data_collator.prefix == prefix
+    assert tiny_trainer(tiny_base, tmp_path / "b", params, fp32_precision(), share_prefix=False).data_collator.prefix == 0
 
 
 def test_first_layer_beyond_the_model_or_under_a_trainable_module_fails_in_one_line(tiny_base: Path) -> None:

@@ -7,7 +7,9 @@ bench/dpo_throughput.py):
   TRL reads when `precompute_ref_log_probs` is set: no reference forward per step;
 - the reference is the adapter-disabled base model (PEFT, `ref_model=None`);
 - a pair is one packed row `[prompt; chosen; rejected]` (`encode.pack_pairs`): the
-  prompt, shared by both answers, goes through the model once per step, not twice;
+  prompt, shared by both answers, goes through the model once per step, not twice; and
+  the prefix every prompt shares (the chat template's system turn, about 34 tokens) goes
+  through it once per batch, its keys and values seen by every row;
 - only completion positions go through the 49k-vocabulary LM head, and the step skips
   TRL's full-vocabulary metrics (entropy, mean logits, token accuracy), not in the loss;
 - precision comes from `libra.train.precision` (`compute.precision`): fp32 on CPUs
@@ -44,7 +46,7 @@ from trl import DPOConfig
 from libra.config import DPOParams, params_hash
 from libra.errors import InputError, ParamsError
 from libra.io import sha256_file, write_json
-from libra.train.encode import pack_pairs, packed_lengths
+from libra.train.encode import pack_pairs, packed_lengths, shared_prefix_length
 from libra.train.frozen_layers import FrozenLayerStates
 from libra.train.precision import Precision, bf16_matmul_weights
 from libra.train.ref_logps import pair_and_token_logps
@@ -61,15 +63,18 @@ class PackedPairCollator:
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
+        self.prefix = 0  # the training prompts' shared prefix (encode.shared_prefix_length), set by the trainer
         self.frozen: FrozenLayerStates | None = None  # set by the trainer when dpo.lora.first_layer > 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = pack_pairs(rows, self.pad_id)
+        batch = pack_pairs(rows, self.pad_id, self.prefix)
         for col in REF_COLUMNS:
             batch[col] = torch.tensor([float(r[col]) for r in rows], dtype=torch.float32)
         if self.frozen is not None:
             batch["start_hidden"] = self.frozen.batch([int(r[PAIR_INDEX]) for r in rows], batch["input_ids"].shape[1])
             batch["first_layer"] = self.frozen.first_layer
+            if self.prefix and self.frozen.prefix is not None:
+                batch["prefix_hidden"] = self.frozen.prefix[None]
         return batch
 
 
@@ -88,7 +93,7 @@ class LibraDPOTrainer(PretokenizedDPOTrainer):
     """
 
     def __init__(self, *args: Any, cpu_bf16: bool = False, opening: tuple[float, int] = (0.0, 4), first_layer: int = 0,
-                 frozen_states: FrozenLayerStates | None = None, **kwargs: Any) -> None:  # fmt: skip
+                 frozen_states: FrozenLayerStates | None = None, share_prefix: bool = True, **kwargs: Any) -> None:  # fmt: skip
         self._cpu_bf16 = cpu_bf16
         self._opening_weight, self._opening_tokens = opening
         if kwargs.get("data_collator") is None:
@@ -101,9 +106,12 @@ class LibraDPOTrainer(PretokenizedDPOTrainer):
         self._packed = isinstance(self.data_collator, PackedPairCollator)
         if cpu_bf16:  # after PEFT wrapped the model: the frozen base in bf16, LoRA in fp32
             bf16_matmul_weights(self.model)
+        if self._packed and share_prefix and self.train_dataset is not None:
+            self.data_collator.prefix = shared_prefix_length(list(self.train_dataset["prompt_ids"]))
+        prefix = self.data_collator.prefix if self._packed else 0
         self.frozen_source = "none"
         if first_layer > 0 and self._packed and self.train_dataset is not None:
-            if frozen_states is not None and frozen_states.first_layer == first_layer:
+            if frozen_states is not None and frozen_states.first_layer == first_layer and frozen_states.prefix_tokens == prefix:
                 self.data_collator.frozen, self.frozen_source = frozen_states, "ref_logps"
             else:
                 self.data_collator.frozen, self.frozen_source = self._frozen_layer_states(first_layer), "computed"
@@ -113,7 +121,7 @@ class LibraDPOTrainer(PretokenizedDPOTrainer):
         columns = ("prompt_ids", "chosen_ids", "rejected_ids")
         rows = self.train_dataset.select_columns(list(columns)).to_list()
         states = FrozenLayerStates.compute(self.model, rows, self.processing_class.pad_token_id, first_layer,
-                                           autocast_bf16=self._cpu_bf16)  # fmt: skip
+                                           autocast_bf16=self._cpu_bf16, share_prefix=self.data_collator.prefix > 0)  # fmt: skip
         if self.accelerator.is_main_process:
             print(f"dpo: decoder layers 0-{first_layer - 1} are frozen: ran them once over {len(rows)} pairs "
                   f"in {states.seconds:.1f} s ({states.nbytes / 2**20:.0f} MiB of hidden states kept)", flush=True)  # fmt: skip
@@ -344,8 +352,9 @@ def stored_frozen_states(
         print(f"dpo: {path} not found: running decoder layers 0-{first_layer - 1} here", flush=True)
         return None
     states, meta = FrozenLayerStates.load(path)
-    lengths = packed_lengths(encoded)
-    why = states.mismatch(meta, first_layer, encoded["pair_id"].to_list(), lengths, precision.states_key)
+    prefix = shared_prefix_length(encoded["prompt_ids"].to_list())
+    lengths = packed_lengths(encoded, prefix)
+    why = states.mismatch(meta, first_layer, encoded["pair_id"].to_list(), lengths, precision.states_key, prefix)
     if why:
         print(f"dpo: {path} was {why}: running decoder layers 0-{first_layer - 1} here", flush=True)
         return None

@@ -11,6 +11,7 @@ reference log-probs are computed over the very tokens the policy is trained on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
@@ -94,12 +95,39 @@ def encode_pairs(df: pl.DataFrame, tokenizer: Any, max_prompt_length: int, max_l
     )
 
 
-def packed_lengths(encoded: pl.DataFrame) -> list[int]:
-    """Tokens of each pair's packed row `[prompt; chosen; rejected]` (`pack_pairs`), in input order."""
-    return [len(p) + len(c) + len(r) for p, c, r in encoded.select("prompt_ids", "chosen_ids", "rejected_ids").iter_rows()]
+def packed_lengths(encoded: pl.DataFrame, prefix: int = 0) -> list[int]:
+    """Tokens of each pair's packed row `[prompt; chosen; rejected]` (`pack_pairs`), in input order.
+
+    With `prefix` > 0 the row holds only what follows the shared prefix (`pack_pairs(..., prefix)`).
+    """
+    return packed_lengths_of_rows(encoded.select("prompt_ids", "chosen_ids", "rejected_ids").to_dicts(), prefix)
 
 
-def pack_pairs(pairs: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+def packed_lengths_of_rows(rows: Sequence[dict[str, Any]], prefix: int = 0) -> list[int]:
+    """`packed_lengths` of pre-tokenised rows (dicts with prompt_ids, chosen_ids, rejected_ids)."""
+    return [len(r["prompt_ids"]) - prefix + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows]
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens that every prompt starts with, leaving each prompt at least one token of its own.
+
+    With SmolLM2's template that is the default system turn and the user header (most of
+    a short prompt's tokens), the same for every pair; `pack_pairs` computes it once per
+    batch instead of once per pair. Prompts cut by `max_prompt_length` (which keeps their
+    end) may share none, and then this is 0.
+    """
+    if not prompts:
+        return 0
+    first = list(prompts[0])
+    n = min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        if n <= 0:
+            return 0
+        n = min(n, _common_prefix(first, list(p)))
+    return max(n, 0)
+
+
+def pack_pairs(pairs: list[dict[str, Any]], pad_id: int, prefix: int = 0) -> dict[str, Any]:
     """One row per pair, `[prompt; chosen; rejected]`, the prompt computed once for both answers.
 
     Rejected tokens take the positions the chosen ones have (both follow the prompt) and
@@ -115,29 +143,42 @@ def pack_pairs(pairs: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     2b + 1 for its rejected answer) and `offset` (the token's index within its answer, 0
     for the first); `tokens` counts chosen + rejected sequence tokens as unpacked
     `[prompt; answer]` rows would have them.
+
+    With `prefix` > 0 (`shared_prefix_length`: the first `prefix` prompt tokens are the same
+    in every pair) the rows hold what follows it, at positions `prefix` and up, and
+    `prefix_ids` (1, prefix) runs once for the batch: the mask is then (B, 1, L, prefix +
+    L), every real token also attending to the prefix (`ref_logps.pair_and_token_logps`
+    passes the prefix's keys and values as the attention cache). Same log-probs, up to
+    float rounding, with the prefix's forward and backward done once per batch.
     """
     import torch
 
-    width = max(len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
+    shared = list(pairs[0]["prompt_ids"][:prefix])
+    for p in pairs:
+        if len(p["prompt_ids"]) <= prefix or list(p["prompt_ids"][:prefix]) != shared:
+            raise ValueError(f"pack_pairs: every prompt must start with the same {prefix} tokens and go on past them")
+    width = max(len(p["prompt_ids"]) - prefix + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
     n = len(pairs)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((n, width), dtype=torch.long)
-    mask = torch.zeros((n, 1, width, width), dtype=torch.bool)
+    mask = torch.zeros((n, 1, width, prefix + width), dtype=torch.bool)
     causal = torch.ones((width, width), dtype=torch.bool).tril()
     source, target, seq, offset = [], [], [], []
     tokens = 0
     for b, p in enumerate(pairs):
-        prompt, chosen, rejected = list(p["prompt_ids"]), list(p["chosen_ids"]), list(p["rejected_ids"])
+        prompt, chosen, rejected = list(p["prompt_ids"][prefix:]), list(p["chosen_ids"]), list(p["rejected_ids"])
         np_, nc, nr = len(prompt), len(chosen), len(rejected)
         end = np_ + nc + nr
         input_ids[b, :end] = torch.tensor(prompt + chosen + rejected)
-        position_ids[b, : np_ + nc] = torch.arange(np_ + nc)
-        position_ids[b, np_ + nc : end] = torch.arange(np_, np_ + nr)
-        position_ids[b, end:] = torch.arange(width - end)
-        mask[b, 0, :end, :end] = causal[:end, :end]
-        mask[b, 0, np_ + nc : end, np_ : np_ + nc] = False  # rejected never sees chosen
+        position_ids[b, : np_ + nc] = torch.arange(prefix, prefix + np_ + nc)
+        position_ids[b, np_ + nc : end] = torch.arange(prefix + np_, prefix + np_ + nr)
+        position_ids[b, end:] = torch.arange(prefix, prefix + width - end)
+        mask[b, 0, :end, :prefix] = True
+        own = mask[b, 0, :, prefix:]  # a view: the row's own tokens
+        own[:end, :end] = causal[:end, :end]
+        own[np_ + nc : end, np_ : np_ + nc] = False  # rejected never sees chosen
         pad = torch.arange(end, width)
-        mask[b, 0, pad, pad] = True
+        own[pad, pad] = True
         row = b * width
         # Chosen token at np_ + i is predicted by position np_ + i - 1; the first rejected
         # token by the prompt's last position, the others by the rejected token before.
@@ -146,8 +187,8 @@ def pack_pairs(pairs: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         target += chosen + rejected
         seq += [2 * b] * nc + [2 * b + 1] * nr
         offset += list(range(nc)) + list(range(nr))
-        tokens += 2 * np_ + nc + nr
-    return {
+        tokens += 2 * (prefix + np_) + nc + nr
+    packed: dict[str, Any] = {
         "input_ids": input_ids,
         "position_ids": position_ids,
         "attention_mask": mask,
@@ -157,4 +198,8 @@ def pack_pairs(pairs: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         "offset": torch.tensor(offset, dtype=torch.long),
         "num_seqs": 2 * n,
         "tokens": tokens,
+        "prefix": prefix,
     }
+    if prefix:
+        packed["prefix_ids"] = torch.tensor([shared], dtype=torch.long)
+    return packed

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from libra.errors import ParamsError
-from libra.train.encode import pack_pairs
+from libra.train.encode import pack_pairs, packed_lengths_of_rows, shared_prefix_length
 
 
 def inner_decoder(model: Any) -> torch.nn.Module:
@@ -117,53 +117,73 @@ class FrozenLayerStates:
     flat: torch.Tensor  # (sum of row lengths, hidden)
     offsets: list[int]  # row i is flat[offsets[i] : offsets[i + 1]]
     seconds: float
+    prefix: torch.Tensor | None = None  # (prefix tokens, hidden): the prompts' shared prefix, kept once; rows hold what follows it
+
+    @property
+    def prefix_tokens(self) -> int:
+        return 0 if self.prefix is None else int(self.prefix.shape[0])
 
     @property
     def nbytes(self) -> int:
-        return self.flat.numel() * self.flat.element_size()
+        extra = 0 if self.prefix is None else self.prefix.numel() * self.prefix.element_size()
+        return self.flat.numel() * self.flat.element_size() + extra
 
     @classmethod
     def compute(cls, model: Any, rows: list[dict[str, Any]], pad_id: int, first_layer: int,
-                batch_tokens: int = 4096, autocast_bf16: bool = False) -> FrozenLayerStates:  # fmt: skip
-        """Run layers below `first_layer` once over `rows` (pre-tokenised pairs, dataset order)."""
-        from libra.train.ref_logps import hidden_states_as_logits, length_batches
+                batch_tokens: int = 4096, autocast_bf16: bool = False, share_prefix: bool = True) -> FrozenLayerStates:  # fmt: skip
+        """Run layers below `first_layer` once over `rows` (pre-tokenised pairs, dataset order).
+
+        With `share_prefix` the rows' shared prompt prefix runs once per batch and is kept
+        once, as the reference pass keeps it.
+        """
+        from libra.train.ref_logps import hidden_states_as_logits, length_batches, prefix_cache
 
         check_frozen_below(model, first_layer)
         start = time.perf_counter()
         device = next(model.parameters()).device
-        lengths = [len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows]
+        prefix = shared_prefix_length([r["prompt_ids"] for r in rows]) if share_prefix else 0
+        lengths = packed_lengths_of_rows(rows, prefix)
         per_row: list[torch.Tensor | None] = [None] * len(rows)
+        prefix_state: torch.Tensor | None = None
         was_training = model.training
         model.eval()
         cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext()
         with torch.inference_mode(), cast, hidden_states_as_logits(model), decoder_span(model, 0, first_layer):
             for batch in length_batches(lengths, batch_tokens):
-                packed = pack_pairs([rows[i] for i in batch], pad_id)
+                packed = pack_pairs([rows[i] for i in batch], pad_id, prefix)
+                cache: dict[str, Any] = {}
+                if prefix:
+                    cache, prefix_hidden = prefix_cache(model, {"input_ids": packed["prefix_ids"].to(device)}, len(batch))
+                    prefix_state = prefix_hidden[0].cpu() if prefix_state is None else prefix_state
                 hidden = model(
                     input_ids=packed["input_ids"].to(device), attention_mask=packed["attention_mask"].to(device),
-                    position_ids=packed["position_ids"].to(device), use_cache=False,
+                    position_ids=packed["position_ids"].to(device), use_cache=bool(prefix), **cache,
                 ).logits
                 for j, i in enumerate(batch):
                     per_row[i] = hidden[j, : lengths[i]].cpu()  # the model's dtype: the upper layers take it as is
         model.train(was_training)
-        return cls.from_rows(first_layer, [t for t in per_row if t is not None], time.perf_counter() - start)
+        return cls.from_rows(first_layer, [t for t in per_row if t is not None], time.perf_counter() - start, prefix_state)
 
     @classmethod
-    def from_rows(cls, first_layer: int, per_row: Sequence[torch.Tensor], seconds: float) -> FrozenLayerStates:
+    def from_rows(cls, first_layer: int, per_row: Sequence[torch.Tensor], seconds: float,
+                  prefix: torch.Tensor | None = None) -> FrozenLayerStates:  # fmt: skip
         offsets = [0]
         for t in per_row:
             offsets.append(offsets[-1] + t.shape[0])
         flat = torch.cat(list(per_row)) if per_row else torch.zeros(0, 0)
-        return cls(first_layer, flat, offsets, seconds)
+        return cls(first_layer, flat, offsets, seconds, prefix)
 
     def save(self, path: str | Path, pair_ids: Sequence[str], precision: str) -> None:
         """Write a safetensors file: the states, the row offsets, and what they were made for."""
         from safetensors.torch import save_file
 
         meta = {"first_layer": str(self.first_layer), "pairs": pair_ids_digest(pair_ids), "precision": precision,
-                "seconds": f"{self.seconds:.2f}"}  # fmt: skip
+                "seconds": f"{self.seconds:.2f}", "prefix": str(self.prefix_tokens)}  # fmt: skip
+        tensors = {"flat": self.flat.contiguous(), "offsets": torch.tensor(self.offsets, dtype=torch.int64)}
+        if self.prefix is not None:
+            tensors["prefix"] = self.prefix.contiguous()
         tmp = Path(f"{path}.tmp")
-        save_file({"flat": self.flat.contiguous(), "offsets": torch.tensor(self.offsets, dtype=torch.int64)}, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata=meta)
         tmp.replace(path)
 
     @classmethod
@@ -174,13 +194,19 @@ class FrozenLayerStates:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
             flat, offsets = f.get_tensor("flat"), f.get_tensor("offsets").tolist()
-        return cls(int(meta.get("first_layer", 0)), flat, offsets, float(meta.get("seconds", 0.0))), meta
+            prefix = f.get_tensor("prefix") if "prefix" in f.keys() else None
+        return cls(int(meta.get("first_layer", 0)), flat, offsets, float(meta.get("seconds", 0.0)), prefix), meta
 
     def mismatch(self, meta: dict[str, str], first_layer: int, pair_ids: Sequence[str], lengths: Sequence[int],
-                 precision: str) -> str | None:  # fmt: skip
-        """Why these states cannot stand in for running layers 0..first_layer-1 over these pairs; None when they can."""
+                 precision: str, prefix: int = 0) -> str | None:  # fmt: skip
+        """Why these states cannot stand in for running layers 0..first_layer-1 over these pairs; None when they can.
+
+        `lengths` are the pairs' packed row lengths after a shared prefix of `prefix` tokens.
+        """
         if self.first_layer != first_layer:
             return f"made for first_layer {self.first_layer}, not {first_layer}"
+        if self.prefix_tokens != prefix:
+            return f"made with a shared prompt prefix of {self.prefix_tokens} tokens, not {prefix}"
         if meta.get("precision") != precision:
             return f"made in {meta.get('precision')}, not {precision}"
         if meta.get("pairs") != pair_ids_digest(pair_ids):
