@@ -12,8 +12,9 @@ import polars as pl
 import pytest
 
 from libra.eval.answer import (
-    adapter_scale, answer_rows, common_prefix, generate, generate_ids, load_policy, prompt_token_ids, split_answer,
+    adapter_scale, answer_rows, generate, generate_ids, load_policy, prompt_token_ids, split_answer,
 )  # fmt: skip
+from libra.train.encode import shared_prefix_length
 from tests.conftest import ROOT, TINY_PROFILE, subprocess_env
 
 PROMPTS = [
@@ -42,17 +43,17 @@ def reference_ids(model, ids: list[int], max_new_tokens: int, eos: set[int]) -> 
     return new
 
 
-def test_common_prefix_leaves_each_prompt_a_token() -> None:
-    assert common_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
-    assert common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
-    assert common_prefix([[7]]) == 0 and common_prefix([]) == 0
+def test_shared_prefix_length_leaves_each_prompt_a_token() -> None:
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[7]]) == 0 and shared_prefix_length([]) == 0
 
 
 def test_fast_path_gives_the_reference_greedy_answers(tiny_dirs: tuple[Path, Path]) -> None:
     base, adapter = tiny_dirs
     model, tokenizer = load_policy(base, adapter)
     ids = prompt_token_ids(tokenizer, PROMPTS)
-    assert common_prefix(ids) > 10  # the chat template's system turn is shared, so its KV is computed once
+    assert shared_prefix_length(ids) > 10  # the chat template's system turn is shared, so its KV is computed once
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # A token the reference writes early serves as end-of-sequence, so rows finish at different
     # steps and the batch drops finished rows while others keep writing.

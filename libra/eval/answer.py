@@ -39,6 +39,7 @@ import polars as pl
 
 from libra.errors import InputError, LibraError, ParamsError
 from libra.io import prompt_id  # noqa: F401  (re-exported: the suites and answer tables share these ids)
+from libra.train.encode import shared_prefix_length
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -171,20 +172,6 @@ def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[i
     return set(eos if isinstance(eos, list) else [eos]) - {None}
 
 
-def common_prefix(ids: Sequence[Sequence[int]]) -> int:
-    """Length of the token prefix all prompts share, leaving every prompt at least one token of its own."""
-    if not ids:
-        return 0
-    n = min(len(x) for x in ids) - 1
-    first = ids[0]
-    for other in ids[1:]:
-        k = 0
-        while k < n and other[k] == first[k]:
-            k += 1
-        n = k
-    return max(n, 0)
-
-
 def generate_ids(
     model: PreTrainedModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -211,7 +198,7 @@ def generate_ids(
     gen = torch.Generator(device="cpu").manual_seed(SAMPLING_SEED)
     cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast_bf16 and device.type == "cpu" else nullcontext()
     with torch.inference_mode(), cast:
-        p = common_prefix(prompt_ids)
+        p = shared_prefix_length(prompt_ids)
         prefix_kv = None
         if p:
             prefix = torch.tensor([list(prompt_ids[0][:p])], device=device)
