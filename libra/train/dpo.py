@@ -8,7 +8,7 @@ bench/dpo_throughput.py):
 - the reference is the adapter-disabled base model (PEFT, `ref_model=None`);
 - a pair is one packed row `[prompt; chosen; rejected]` (`encode.pack_pairs`): the
   prompt, shared by both answers, goes through the model once per step, not twice; and
-  the prefix every prompt shares (the chat template's system turn, about 34 tokens) goes
+  the prefix every prompt shares (the chat template's system turn and user header, 24 tokens) goes
   through it once per batch, its keys and values seen by every row;
 - only completion positions go through the 49k-vocabulary LM head, and the step skips
   TRL's full-vocabulary metrics (entropy, mean logits, token accuracy), not in the loss;
