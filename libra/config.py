@@ -107,6 +107,10 @@ class LLMRole(Section):
     max_retries: int = Field(4, ge=0, le=20, description="retries with exponential backoff and jitter; Retry-After honoured")
 
 
+# The embedded server's weights: the shipped GGUF or one of the copies libra/llm/weights.py makes.
+LlamaWeights = Literal["q8_0", "shipped"]
+
+
 class LocalServer(Section):
     """The embedded llama.cpp server used when base_url is 'local'."""
 
@@ -118,10 +122,10 @@ class LocalServer(Section):
         "request i to server i mod servers (so the data do not depend on timing); servers x n_threads = the cores to use",
     )  # fmt: skip
     startup_timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the embedded server to answer")
-    weights: Literal["q8_0", "shipped"] = Field(
+    weights: LlamaWeights = Field(
         "q8_0",
         description="`q8_0`: a Q8_0 copy of the shipped Q4_1 GGUF, made once under .libra/models (reads prompts about 1.7x "
-        "faster, the same model to next-token KL 0.007); `shipped`: the Q4_1 file as shipped (libra/llm/weights.py)",
+        "faster, the same model to next-token KL 0.006-0.007); `shipped`: the Q4_1 file as shipped (libra/llm/weights.py)",
     )
 
 

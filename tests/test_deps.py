@@ -94,3 +94,15 @@ def test_suggest_prints_yaml_deps_lines_that_close_every_gap() -> None:
         deps = suggested[name]["deps"]
         assert all(covered(m, deps) for m in mods), name
         assert deps[: len(stages()[name]["deps"])] == [d if isinstance(d, str) else next(iter(d)) for d in stages()[name]["deps"]]
+
+
+def test_the_committed_lock_is_a_run_of_exactly_the_stages_dvc_yaml_defines() -> None:
+    """A stage renamed or dropped from eval.models leaves its lock entry behind; `dvc repro` keeps it."""
+    import yaml
+
+    proc = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    defined = set(proc.stdout.split())
+    locked = set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"])
+    assert not locked - defined, f"dvc.lock has entries for stages dvc.yaml does not define: {sorted(locked - defined)}"
+    assert not defined - locked, f"dvc.lock lacks stages of dvc.yaml: {sorted(defined - locked)}; commit a full `dvc repro`"

@@ -275,6 +275,9 @@ def test_each_weights_choice_has_its_own_cache_entries(tmp_path: Path) -> None:
     from libra.llm.cache import call_key
     from libra.llm.local import local_endpoint_key
 
+    from libra.llm.weights import CONVERSIONS, SHIPPED, WEIGHT_CHOICES
+
+    assert sorted(WEIGHT_CHOICES) == sorted((SHIPPED, *CONVERSIONS))  # params.yaml offers exactly what weights.py can serve
     keys = {w: local_endpoint_key(LocalServer(weights=w)) for w in ("shipped", "q8_0")}
     assert keys == {"shipped": "local", "q8_0": "local:q8_0"}  # shipped keeps the keys of caches made before the choice existed
     common = dict(model="m", messages=[{"role": "user", "content": "hi"}], temperature=0.7, max_tokens=8, seed=0, schema=None, sample=0)

@@ -368,7 +368,9 @@ def test_frozen_layers_run_once_and_the_step_keeps_its_loss_and_gradients(tiny_b
     assert our_grads.abs().sum() > 0 and torch.allclose(our_grads, their_grads, atol=1e-6, rtol=1e-4)
 
 
-def test_reference_pass_keeps_the_frozen_layer_states_the_dpo_step_would_compute(tiny_base: Path, tmp_path: Path) -> None:
+def test_reference_pass_keeps_the_frozen_layer_states_the_dpo_step_would_compute(
+    tiny_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ref_logps' forward keeps the states entering first_layer: equal to the trainer's own pass, saved, loaded, checked."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -401,7 +403,14 @@ def test_reference_pass_keeps_the_frozen_layer_states_the_dpo_step_would_compute
     bf16 = choose_precision("auto", CPU_BF16, measure=lambda: {"float32": 100.0, "bfloat16": 400.0})
     assert stored_frozen_states(str(path), 1, encoded, bf16) is None
     assert stored_frozen_states(str(path), 1, encoded.reverse(), precision) is None
+    capsys.readouterr()
     assert stored_frozen_states(str(tmp_path / "absent.safetensors"), 1, encoded, precision) is None
+    assert "absent.safetensors not found: running decoder layers 0-0 here" in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "1")  # other ranks decide the same way and say nothing
+    assert stored_frozen_states(str(tmp_path / "absent.safetensors"), 1, encoded, precision) is None
+    assert stored_frozen_states(str(path), 1, encoded, precision) is not None
+    assert capsys.readouterr().out == ""
+    monkeypatch.delenv("RANK")
     unshared = reference_pass(model, encoded, tok.pad_token_id, capture_layer=1, share_prefix=False)[1]
     assert unshared is not None and unshared.prefix_tokens == 0 < states.prefix_tokens
     unshared.save(tmp_path / "unshared.safetensors", encoded["pair_id"].to_list(), precision.states_key)

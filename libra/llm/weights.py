@@ -8,7 +8,7 @@ reads 376-429 and writes 90-92, and the triplets and rephrase stages' LLM work t
 123-129 s instead of 167-183 (1.35-1.42x, two runs in either order). Prompt reading is most of the rephrase stage (22k prompt tokens against 3k
 written). Re-encoding Q4_1 blocks (d*q + m, 16 levels) in Q8_0 (255 levels) moves each
 weight by at most 1/254 of its block's largest value: next-token KL from the shipped file
-0.007 on the triplets' own text, against 0.004 for a bf16 copy of the same weights, so the
+0.006-0.007 on the triplets' own text (`bench/llm_throughput.py`), against 0.004 for a bf16 copy of the same weights, so the
 copy differs from the original by about as much as arithmetic order does. A Q4_0 copy is
 faster still but is a different model (KL 0.33), so it is not offered.
 
@@ -25,13 +25,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
+from libra.config import LlamaWeights
 from libra.errors import LibraError
 
 SHIPPED = "shipped"
 # name -> llama.cpp's LLAMA_FTYPE_MOSTLY_* constant name
 CONVERSIONS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
-WEIGHT_CHOICES = (SHIPPED, *CONVERSIONS)
+WEIGHT_CHOICES: tuple[str, ...] = get_args(LlamaWeights)  # SHIPPED and every key of CONVERSIONS (tests/test_llm.py)
 MODEL_DIR = Path(".libra/models")
 
 

@@ -50,7 +50,7 @@ from libra.train.encode import pack_pairs, packed_lengths, shared_prefix_length
 from libra.train.frozen_layers import FrozenLayerStates
 from libra.train.precision import Precision, bf16_matmul_weights
 from libra.train.ref_logps import pair_and_token_logps
-from libra.train.runtime import load_tokenizer, world_size
+from libra.train.runtime import load_tokenizer, rank, world_size
 from libra.train.trl_compat import PAIR_INDEX, REF_COLUMNS, PretokenizedDPOTrainer, check_trainer, check_trl, completion_positions_only
 RUN_FILE = "libra_run.json"
 # Params that change neither the trained adapter nor the data order: a checkpoint made
@@ -345,21 +345,26 @@ def dpo_config(params: DPOParams, checkpoints: Path, world: int, precision: Prec
 def stored_frozen_states(
     path: str | None, first_layer: int, encoded: pl.DataFrame, precision: Precision
 ) -> FrozenLayerStates | None:
-    """The ref_logps stage's states for these encoded pairs, or None (printing why) when the dpo stage must compute them."""
+    """The ref_logps stage's states for these encoded pairs, or None (printing why, on rank 0) when the dpo stage
+    must compute them. Every rank calls this and decides the same way."""
+    def say(line: str) -> None:
+        if rank() == 0:
+            print(line, flush=True)
+
     if first_layer == 0 or not path:
         return None
     if not Path(path).is_file():
-        print(f"dpo: {path} not found: running decoder layers 0-{first_layer - 1} here", flush=True)
+        say(f"dpo: {path} not found: running decoder layers 0-{first_layer - 1} here")
         return None
     states, meta = FrozenLayerStates.load(path)
     prefix = shared_prefix_length(encoded["prompt_ids"].to_list())
     lengths = packed_lengths(encoded, prefix)
     why = states.mismatch(meta, first_layer, encoded["pair_id"].to_list(), lengths, precision.states_key, prefix)
     if why:
-        print(f"dpo: {path} was {why}: running decoder layers 0-{first_layer - 1} here", flush=True)
+        say(f"dpo: {path} was {why}: running decoder layers 0-{first_layer - 1} here")
         return None
-    print(f"dpo: decoder layers 0-{first_layer - 1} are frozen: their output for {len(lengths)} pairs comes from "
-          f"{path} ({states.nbytes / 2**20:.0f} MiB, kept by the ref_logps stage's forward)", flush=True)  # fmt: skip
+    say(f"dpo: decoder layers 0-{first_layer - 1} are frozen: their output for {len(lengths)} pairs comes from "
+        f"{path} ({states.nbytes / 2**20:.0f} MiB, kept by the ref_logps stage's forward)")  # fmt: skip
     return states
 
 
