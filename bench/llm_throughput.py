@@ -47,6 +47,9 @@ from libra.train.precision import read_cpu_flags  # noqa: E402
 def one_stream_rates(path: Path, n_threads: int) -> tuple[float, float]:
     import llama_cpp
 
+    from libra.llm.llama_server import choose_weight_buffers
+
+    choose_weight_buffers()  # as the embedded server does: llama.cpp's AMX buffers crash on AMX CPUs
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=n_threads, verbose=False)
     prompt = llm.tokenize(("The solvent was removed and the residue dried. " * 40).encode())[:300]
     best = float("inf")

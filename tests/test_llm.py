@@ -213,6 +213,24 @@ def test_llama_server_turns_extra_buffers_off_only_on_amx_cpus() -> None:
         use_extra_buffers(avx2, {EXTRA_BUFTS_ENV: "yes"})
 
 
+def test_in_process_llama_takes_the_same_buffer_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """weights_kl and the bench build llama_cpp.Llama in-process; on AMX CPUs they crashed in decode (SIGSEGV)
+    until they took the server's choice. Both branches forced by the env var, on any CPU."""
+    import llama_cpp.llama_cpp as llama_lib
+
+    from libra.llm.llama_server import EXTRA_BUFTS_ENV, choose_weight_buffers
+
+    monkeypatch.setattr(llama_lib, "llama_model_default_params", llama_lib.llama_model_default_params)
+    monkeypatch.setenv(EXTRA_BUFTS_ENV, "1")
+    assert choose_weight_buffers() is None
+    assert llama_lib.llama_model_default_params().use_extra_bufts is True
+    monkeypatch.setenv(EXTRA_BUFTS_ENV, "0")
+    assert choose_weight_buffers() == f"{EXTRA_BUFTS_ENV}=0"
+    patched = llama_lib.llama_model_default_params
+    assert patched().use_extra_bufts is False
+    assert choose_weight_buffers() == f"{EXTRA_BUFTS_ENV}=0" and llama_lib.llama_model_default_params is patched  # not wrapped twice
+
+
 def test_llama_server_with_plain_buffers_serves_a_completion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The plain-buffer branch (the one AMX CPUs take), forced, through the real server, on any CPU."""
     from openai import OpenAI

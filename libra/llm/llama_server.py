@@ -35,23 +35,36 @@ def use_extra_buffers(cpu_flags: frozenset[str], env: Mapping[str, str]) -> tupl
     return True, "llama.cpp default"
 
 
-def main() -> None:
+def choose_weight_buffers() -> str | None:
+    """Apply use_extra_buffers' choice to every llama_cpp.Llama this process builds from now on (the server's
+    and in-process ones alike); returns why the extra buffers are off, or None when llama.cpp keeps its default."""
     import llama_cpp.llama_cpp as llama_lib  # the module llama_cpp.llama reads its defaults from
-    from llama_cpp.server.__main__ import main as server_main
 
     from libra.train.precision import read_cpu_flags
 
     extra, why = use_extra_buffers(read_cpu_flags(), os.environ)
-    if not extra:
-        default_params = llama_lib.llama_model_default_params
+    if extra:
+        return None
+    default_params = llama_lib.llama_model_default_params
+    if getattr(default_params, "libra_plain_cpu_buffers", False):
+        return why
 
-        def plain_cpu_buffers():  # type: ignore[no-untyped-def]
-            params = default_params()
-            params.use_extra_bufts = False
-            return params
+    def plain_cpu_buffers():  # type: ignore[no-untyped-def]
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
 
-        # Llama() builds its model params with this function; llama-cpp-python has no argument for the field.
-        llama_lib.llama_model_default_params = plain_cpu_buffers
+    plain_cpu_buffers.libra_plain_cpu_buffers = True  # type: ignore[attr-defined]
+    # Llama() builds its model params with this function; llama-cpp-python has no argument for the field.
+    llama_lib.llama_model_default_params = plain_cpu_buffers
+    return why
+
+
+def main() -> None:
+    from llama_cpp.server.__main__ import main as server_main
+
+    why = choose_weight_buffers()
+    if why:
         print(f"libra: llama.cpp extra weight buffers off ({why})", flush=True)
     server_main()
 

@@ -15,6 +15,9 @@ def next_token_logprobs(path: Path, text: str, n_threads: int, max_tokens: int =
     """(tokens, vocab) log-probabilities llama.cpp gives at every position of `text` (first `max_tokens` tokens)."""
     import llama_cpp
 
+    from libra.llm.llama_server import choose_weight_buffers
+
+    choose_weight_buffers()  # in-process too: llama.cpp's AMX buffers crash decode on AMX CPUs
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=max(256, max_tokens + 8), n_threads=n_threads, verbose=False, logits_all=True)
     tokens = llm.tokenize(text.encode())[:max_tokens]
     llm.eval(tokens)
