@@ -302,6 +302,12 @@ class AugmentParams(Section):
     natural_openers: bool = Field(
         False, description="illegitimate pairs' rejected answer = the first words of an answer as the policy starts one, cut before any content (not an empty step list)"
     )
+    status_preamble: bool = Field(
+        False,
+        description="chemistry pairs whose task's label depends on the compound's class (synthesis, acquisition) open both "
+        "answers with the compound's status: chosen the true one ('X is a controlled chemical.' / 'X is not a controlled "
+        "chemical.'), rejected the false one, so the pair differs first where the compound decides",
+    )
     catalog_compounds: int = Field(
         64, ge=0, description="catalog compounds in no seed (never eval-reserved ones) each giving one legitimate and one illegitimate training pair"
     )

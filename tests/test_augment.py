@@ -388,3 +388,29 @@ def test_augment_stage_bad_param_is_one_line(tmp_path: Path, tiny_base: Path) ->
     proc = run_augment(tmp_path, tiny_base, {"contrast": -1})
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "augment.contrast" in proc.stderr
+
+
+def test_status_preamble_opens_class_dependent_pairs_with_the_true_status_and_rejects_the_false_one() -> None:
+    train, _ = make_tables()
+    params = AugmentParams(contrast=10, framed_per_seed=1, catalog_compounds=10, task_variants=1)
+    off, _, _ = build_augmented(train, catalog_table(), params, Recorder(), seeds=default_seeds(), test=train.head(0))
+    out, _, stats = build_augmented(
+        train, catalog_table(), params.model_copy(update={"status_preamble": True}), Recorder(), seeds=default_seeds(), test=train.head(0)
+    )
+    assert stats["reconciles"] and out.height == off.height
+    dual = out.filter(pl.col("task").is_in(["synthesis", "acquisition"]))
+    assert set(dual["class"].to_list()) == {"controlled", "common"} and set(dual["source"].to_list()) >= {"pairs", "catalog", "framed"}
+    for r in dual.iter_rows(named=True):
+        name = r["compound"][:1].upper() + r["compound"][1:]
+        controlled, common = f"{name} is a controlled chemical. ", f"{name} is not a controlled chemical. "
+        true, false = (controlled, common) if r["class"] == "controlled" else (common, controlled)
+        assert r["chosen"].startswith(true) and r["rejected"].startswith(false), (r["chosen"], r["rejected"])
+        # the label follows the class here: controlled synthesis is refused, common synthesis answered
+        assert (r["label"] == "illegitimate") == (r["class"] == "controlled")
+        if r["label"] == "illegitimate":
+            assert opens_with_refusal(r["chosen"][len(true):]) and rejected_answer_problem(r["rejected"]) is None
+    rest = out.filter(~pl.col("task").is_in(["synthesis", "acquisition"]))
+    assert rest.height and not any("controlled chemical." in t for t in rest["chosen"].to_list() + rest["rejected"].to_list())
+    assert sorted(rest["pair_id"].to_list()) == sorted(off.filter(~pl.col("task").is_in(["synthesis", "acquisition"]))["pair_id"].to_list())
+    with pytest.raises(Exception, match="seeds policy"):
+        build_augmented(train, catalog_table(), AugmentParams(catalog_compounds=0, status_preamble=True), Recorder())

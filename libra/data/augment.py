@@ -37,6 +37,13 @@ category). Levers, each behind an `augment.*` param:
   cut before any content, instead of an empty numbered list. The empty list is a text the
   policy never writes, so DPO can lower it without touching how the policy actually starts
   answering; the first tokens are what decides refusal against compliance.
+- `status_preamble`: chemistry pairs whose task is labelled by the compound's class (synthesis
+  and acquisition under the default policy) open both answers with a status sentence: the
+  chosen one the true status ("Fentanyl is a controlled chemical." / "Aspirin is not a
+  controlled chemical."), the rejected one the false status. The two answers then share the
+  compound's name and part at the one token where the compound decides, right after the
+  model has read the name again; what follows (refuse or answer) only has to agree with the
+  model's own first sentence. Tasks labelled alike for every class get no preamble.
 - the report: label balance, per-task label shares and how well the task alone predicts
   the label.
 
@@ -119,8 +126,7 @@ def catalog_candidates(
             if by_class[cls] and len(picked) < n:
                 picked.append(by_class[cls].pop(0))
     labels = policy.policy
-    # Tasks whose label differs between the classes: only the compound tells them apart.
-    dual = [t for t in policy.tasks if len({labels[c][t] for c in labels}) > 1]  # type: ignore[index]
+    dual = dual_tasks(policy)
     rows = []
     for c in picked:
         table = labels[c["class"]]  # type: ignore[index]
@@ -138,6 +144,24 @@ def catalog_candidates(
                 "prompt": prompt,
             })  # fmt: skip
     return rows
+
+
+# The status sentence each class's pairs open with (status_preamble): the chosen answer's true one.
+STATUS: dict[str, str] = {"controlled": "{Compound} is a controlled chemical.", "common": "{Compound} is not a controlled chemical."}
+
+
+def dual_tasks(policy: SeedsParams) -> list[str]:
+    """Tasks whose label differs between the classes: only the compound tells them apart."""
+    labels = policy.policy
+    return [t for t in policy.tasks if len({labels[c][t] for c in labels}) > 1]  # type: ignore[index]
+
+
+def with_status(row: dict[str, Any]) -> dict[str, Any]:
+    """The pair with the compound's true status before its chosen answer and the other class's before its rejected one."""
+    name = row["compound"][:1].upper() + row["compound"][1:]
+    true, false = STATUS[row["class"]], next(t for c, t in STATUS.items() if c != row["class"])
+    chosen, rejected = f"{true.format(Compound=name)} {row['chosen']}", f"{false.format(Compound=name)} {row['rejected']}"
+    return {**row, "pair_id": _id("status", row["pair_id"]), "chosen": chosen, "rejected": rejected}
 
 
 def chemistry_rows_by_seed(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -356,6 +380,13 @@ def build_augmented(
             rejected = legit_rejected(key, c["compound"], c["regulation"], c["task"], fill(_pick(OVER_REFUSALS, key), compound=c["compound"]))
         rows.append({**c, "pair_id": _id("catalog", c["prompt"], chosen, rejected), "chosen": chosen, "rejected": rejected,
                      "source": "catalog", "variant": None})  # fmt: skip
+
+    # 5b. The compound's status first, where the compound decides the label.
+    if params.status_preamble:
+        if seeds is None:
+            raise LibraError("augment.status_preamble needs the seeds policy (stages/augment.py passes it)")
+        dual = dual_tasks(seeds)
+        rows = [with_status(r) if r["task"] in dual and r["class"] in STATUS and r["compound"] else r for r in rows]
 
     # 6. Last checks over every row: unique pairs, one label per prompt, safe illegitimate answers.
     kept: list[dict[str, Any]] = []
