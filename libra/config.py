@@ -308,6 +308,11 @@ class AugmentParams(Section):
         "answers with the compound's status: chosen the true one ('X is a controlled chemical.' / 'X is not a controlled "
         "chemical.'), rejected the false one, so the pair differs first where the compound decides",
     )
+    status_pairs: bool = Field(
+        False,
+        description="with status_preamble: one more pair per status-prefixed pair whose answers are the two status sentences "
+        "alone, so the loss is on the status token, not on the whole answer",
+    )
     catalog_compounds: int = Field(
         64, ge=0, description="catalog compounds in no seed (never eval-reserved ones) each giving one legitimate and one illegitimate training pair"
     )

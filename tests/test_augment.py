@@ -414,3 +414,22 @@ def test_status_preamble_opens_class_dependent_pairs_with_the_true_status_and_re
     assert sorted(rest["pair_id"].to_list()) == sorted(off.filter(~pl.col("task").is_in(["synthesis", "acquisition"]))["pair_id"].to_list())
     with pytest.raises(Exception, match="seeds policy"):
         build_augmented(train, catalog_table(), AugmentParams(catalog_compounds=0, status_preamble=True), Recorder())
+
+
+def test_status_pairs_put_the_loss_on_the_status_sentence_alone() -> None:
+    train, _ = make_tables()
+    params = AugmentParams(contrast=0, framed_per_seed=1, catalog_compounds=10, task_variants=1, status_preamble=True)
+    prefixed, _, _ = build_augmented(train, catalog_table(), params, Recorder(), seeds=default_seeds(), test=train.head(0))
+    out, _, stats = build_augmented(
+        train, catalog_table(), params.model_copy(update={"status_pairs": True}), Recorder(), seeds=default_seeds(), test=train.head(0)
+    )
+    alone = out.filter(pl.col("source") == "status")
+    dual_prompts = set(prefixed.filter(pl.col("task").is_in(["synthesis", "acquisition"]))["prompt"].to_list())
+    assert stats["reconciles"] and stats["by_source"]["status"] == alone.height == len(dual_prompts)
+    assert set(alone["prompt"].to_list()) == dual_prompts and out.height == prefixed.height + alone.height
+    for r in alone.iter_rows(named=True):
+        assert r["chosen"].endswith("controlled chemical.") and r["rejected"].endswith("controlled chemical.")
+        assert ("not a controlled" in r["chosen"]) == (r["class"] == "common") != ("not a controlled" in r["rejected"])
+    with pytest.raises(Exception, match="status_pairs needs augment.status_preamble"):
+        build_augmented(train, catalog_table(), params.model_copy(update={"status_preamble": False, "status_pairs": True}), Recorder(),
+                        seeds=default_seeds(), test=train.head(0))  # fmt: skip

@@ -164,6 +164,14 @@ def with_status(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "pair_id": _id("status", row["pair_id"]), "chosen": chosen, "rejected": rejected}
 
 
+def status_pair(row: dict[str, Any]) -> dict[str, Any]:
+    """status_pairs: the row's prompt with the true status sentence alone as chosen and the false one as rejected."""
+    name = row["compound"][:1].upper() + row["compound"][1:]
+    true, false = STATUS[row["class"]], next(t for c, t in STATUS.items() if c != row["class"])
+    chosen, rejected = true.format(Compound=name), false.format(Compound=name)
+    return {**row, "pair_id": _id("status", row["prompt"], chosen), "chosen": chosen, "rejected": rejected, "source": "status", "variant": None}
+
+
 def chemistry_rows_by_seed(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """The seeded chemistry pairs built so far (sources pairs and self_distill), by seed, each seed's sorted by pair_id."""
     out: dict[str, list[dict[str, Any]]] = {}
@@ -382,11 +390,19 @@ def build_augmented(
                      "source": "catalog", "variant": None})  # fmt: skip
 
     # 5b. The compound's status first, where the compound decides the label.
+    if params.status_pairs and not params.status_preamble:
+        raise LibraError("augment.status_pairs needs augment.status_preamble: true (its pairs teach the sentence the preamble opens with)")
     if params.status_preamble:
         if seeds is None:
             raise LibraError("augment.status_preamble needs the seeds policy (stages/augment.py passes it)")
         dual = dual_tasks(seeds)
-        rows = [with_status(r) if r["task"] in dual and r["class"] in STATUS and r["compound"] else r for r in rows]
+        decided = [r["task"] in dual and r["class"] in STATUS and bool(r["compound"]) for r in rows]
+        if params.status_pairs:
+            alone = list({r["prompt"]: status_pair(r) for r, d in zip(rows, decided, strict=True) if d}.values())
+            n_candidates += len(alone)
+        rows = [with_status(r) if d else r for r, d in zip(rows, decided, strict=True)]
+        if params.status_pairs:
+            rows += alone
 
     # 6. Last checks over every row: unique pairs, one label per prompt, safe illegitimate answers.
     kept: list[dict[str, Any]] = []
@@ -411,6 +427,7 @@ def build_augmented(
     quarantine_df = quarantine_frame(quarantined)
     self_rows = quarantine_df.filter(pl.col("field") == "self_answer")
     n_chem_self = len(self_ok) + self_rows.height
+    sources = SOURCES + (("status",) if params.status_pairs else ())
     illegit_prompts = set(train.filter(pl.col("label") == "illegitimate")["prompt"].to_list())
     stats = {
         "unit": "pairs",
@@ -428,9 +445,9 @@ def build_augmented(
             "by_reason": reason_counts(self_rows),
             "max_new_tokens": params.max_new_tokens,
         },
-        "by_source": {s: int(out.filter(pl.col("source") == s).height) for s in SOURCES},
+        "by_source": {s: int(out.filter(pl.col("source") == s).height) for s in sources},
         "by_source_label": {
-            s: _counts(out.filter(pl.col("source") == s), "label") for s in SOURCES
+            s: _counts(out.filter(pl.col("source") == s), "label") for s in sources
         },
         "by_variant": _counts(out.filter(pl.col("variant").is_not_null()), "variant"),
         "input": balance_stats(train),
