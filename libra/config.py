@@ -310,8 +310,8 @@ class AugmentParams(Section):
     )
     status_pairs: bool = Field(
         False,
-        description="with status_preamble: one more pair per status-prefixed pair whose answers are the two status sentences "
-        "alone, so the loss is on the status token, not on the whole answer",
+        description="with status_preamble: one more pair per status-prefixed prompt whose two answers are its chosen answer "
+        "behind the true and behind the false status sentence, so they differ in the status token alone",
     )
     catalog_compounds: int = Field(
         64, ge=0, description="catalog compounds in no seed (never eval-reserved ones) each giving one legitimate and one illegitimate training pair"

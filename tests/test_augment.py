@@ -428,8 +428,10 @@ def test_status_pairs_put_the_loss_on_the_status_sentence_alone() -> None:
     assert stats["reconciles"] and stats["by_source"]["status"] == alone.height == len(dual_prompts)
     assert set(alone["prompt"].to_list()) == dual_prompts and out.height == prefixed.height + alone.height
     for r in alone.iter_rows(named=True):
-        assert r["chosen"].endswith("controlled chemical.") and r["rejected"].endswith("controlled chemical.")
-        assert ("not a controlled" in r["chosen"]) == (r["class"] == "common") != ("not a controlled" in r["rejected"])
+        true, false = r["chosen"].split(". ", 1), r["rejected"].split(". ", 1)
+        assert true[1] == false[1] and true[0] != false[0]  # only the status sentence differs
+        assert true[0].endswith("controlled chemical") and false[0].endswith("controlled chemical")
+        assert ("not a controlled" in true[0]) == (r["class"] == "common") != ("not a controlled" in false[0])
     with pytest.raises(Exception, match="status_pairs needs augment.status_preamble"):
         build_augmented(train, catalog_table(), params.model_copy(update={"status_preamble": False, "status_pairs": True}), Recorder(),
                         seeds=default_seeds(), test=train.head(0))  # fmt: skip

@@ -165,10 +165,12 @@ def with_status(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def status_pair(row: dict[str, Any]) -> dict[str, Any]:
-    """status_pairs: the row's prompt with the true status sentence alone as chosen and the false one as rejected."""
+    """status_pairs: the row's prompt and chosen answer behind the true status (chosen) and behind the false one
+    (rejected): the two differ in the status sentence alone. (Status sentences alone as the answers taught the model
+    to stop after the sentence: e44 in the README.)"""
     name = row["compound"][:1].upper() + row["compound"][1:]
     true, false = STATUS[row["class"]], next(t for c, t in STATUS.items() if c != row["class"])
-    chosen, rejected = true.format(Compound=name), false.format(Compound=name)
+    chosen, rejected = f"{true.format(Compound=name)} {row['chosen']}", f"{false.format(Compound=name)} {row['chosen']}"
     return {**row, "pair_id": _id("status", row["prompt"], chosen), "chosen": chosen, "rejected": rejected, "source": "status", "variant": None}
 
 
