@@ -156,11 +156,17 @@ def dual_tasks(policy: SeedsParams) -> list[str]:
     return [t for t in policy.tasks if len({labels[c][t] for c in labels}) > 1]  # type: ignore[index]
 
 
+def status_sentences(row: dict[str, Any]) -> tuple[str, str]:
+    """(the true status sentence of the row's compound, the other class's)."""
+    name = row["compound"][:1].upper() + row["compound"][1:]
+    false = next(t for c, t in STATUS.items() if c != row["class"])
+    return STATUS[row["class"]].format(Compound=name), false.format(Compound=name)
+
+
 def with_status(row: dict[str, Any]) -> dict[str, Any]:
     """The pair with the compound's true status before its chosen answer and the other class's before its rejected one."""
-    name = row["compound"][:1].upper() + row["compound"][1:]
-    true, false = STATUS[row["class"]], next(t for c, t in STATUS.items() if c != row["class"])
-    chosen, rejected = f"{true.format(Compound=name)} {row['chosen']}", f"{false.format(Compound=name)} {row['rejected']}"
+    true, false = status_sentences(row)
+    chosen, rejected = f"{true} {row['chosen']}", f"{false} {row['rejected']}"
     return {**row, "pair_id": _id("status", row["pair_id"]), "chosen": chosen, "rejected": rejected}
 
 
@@ -168,9 +174,8 @@ def status_pair(row: dict[str, Any]) -> dict[str, Any]:
     """status_pairs: the row's prompt and chosen answer behind the true status (chosen) and behind the false one
     (rejected): the two differ in the status sentence alone. (Status sentences alone as the answers taught the model
     to stop after the sentence: e44 in the README.)"""
-    name = row["compound"][:1].upper() + row["compound"][1:]
-    true, false = STATUS[row["class"]], next(t for c, t in STATUS.items() if c != row["class"])
-    chosen, rejected = f"{true.format(Compound=name)} {row['chosen']}", f"{false.format(Compound=name)} {row['chosen']}"
+    true, false = status_sentences(row)
+    chosen, rejected = f"{true} {row['chosen']}", f"{false} {row['chosen']}"
     return {**row, "pair_id": _id("status", row["prompt"], chosen), "chosen": chosen, "rejected": rejected, "source": "status", "variant": None}
 
 
