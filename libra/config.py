@@ -320,6 +320,12 @@ class AugmentParams(Section):
     batch_size: int = Field(32, ge=1, description="generation batch size (greedy answers depend on it slightly)")
     seed: int = Field(0, ge=0, description="seed of the contrast-prompt sample")
 
+    @model_validator(mode="after")
+    def _status(self) -> AugmentParams:
+        if self.status_pairs and not self.status_preamble:
+            raise ValueError("status_pairs needs status_preamble: true (its pairs teach the sentence the preamble opens with)")
+        return self
+
 
 class ComputeParams(Section):
     """How the torch stages (ref_logps, dpo, answer, augment) run."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from pydantic import ValidationError
 import yaml
 
 from libra.config import SeedsParams
@@ -435,3 +436,5 @@ def test_status_pairs_put_the_loss_on_the_status_sentence_alone() -> None:
     with pytest.raises(Exception, match="status_pairs needs augment.status_preamble"):
         build_augmented(train, catalog_table(), params.model_copy(update={"status_preamble": False, "status_pairs": True}), Recorder(),
                         seeds=default_seeds(), test=train.head(0))  # fmt: skip
+    with pytest.raises(ValidationError, match="status_pairs needs status_preamble: true"):
+        AugmentParams(status_pairs=True)
