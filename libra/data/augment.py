@@ -44,6 +44,9 @@ category). Levers, each behind an `augment.*` param:
   compound's name and part at the one token where the compound decides, right after the
   model has read the name again; what follows (refuse or answer) only has to agree with the
   model's own first sentence. Tasks labelled alike for every class get no preamble.
+- `status_pairs` (with `status_preamble`): one more pair per such prompt, its chosen answer
+  behind the true status against the same answer behind the false one, so the two differ in
+  the status sentence alone.
 - the report: label balance, per-task label shares and how well the task alone predicts
   the label.
 
@@ -173,7 +176,7 @@ def with_status(row: dict[str, Any]) -> dict[str, Any]:
 def status_pair(row: dict[str, Any]) -> dict[str, Any]:
     """status_pairs: the row's prompt and chosen answer behind the true status (chosen) and behind the false one
     (rejected): the two differ in the status sentence alone. (Status sentences alone as the answers taught the model
-    to stop after the sentence: e44 in the README.)"""
+    to stop after the sentence: e44 in docs/experiments.md.)"""
     true, false = status_sentences(row)
     chosen, rejected = f"{true} {row['chosen']}", f"{false} {row['chosen']}"
     return {**row, "pair_id": _id("status", row["prompt"], chosen), "chosen": chosen, "rejected": rejected, "source": "status", "variant": None}
@@ -404,12 +407,10 @@ def build_augmented(
             raise LibraError("augment.status_preamble needs the seeds policy (stages/augment.py passes it)")
         dual = dual_tasks(seeds)
         decided = [r["task"] in dual and r["class"] in STATUS and bool(r["compound"]) for r in rows]
-        if params.status_pairs:
-            alone = list({r["prompt"]: status_pair(r) for r, d in zip(rows, decided, strict=True) if d}.values())
-            n_candidates += len(alone)
-        rows = [with_status(r) if d else r for r, d in zip(rows, decided, strict=True)]
-        if params.status_pairs:
-            rows += alone
+        alone = [status_pair(r) for r, d in zip(rows, decided, strict=True) if d] if params.status_pairs else []
+        alone = list({r["prompt"]: r for r in alone}.values())  # one per prompt
+        n_candidates += len(alone)
+        rows = [with_status(r) if d else r for r, d in zip(rows, decided, strict=True)] + alone
 
     # 6. Last checks over every row: unique pairs, one label per prompt, safe illegitimate answers.
     kept: list[dict[str, Any]] = []
