@@ -7,6 +7,7 @@
     libra serve --port 8080           # the embedded llama.cpp server, in the foreground
     libra judge --input IN.jsonl --output OUT.jsonl --judges rules,classifier,llm
     libra frontier [--all-commits] [--plot PNG]   # safety/utility of every dvc experiment
+    libra probe [--adapter models/dpo] [--output probe.json]   # what a linear readout of the model separates
 """
 
 from __future__ import annotations
@@ -89,6 +90,22 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from libra.eval.probe import probe_markdown, run_probe
+
+    layers = [int(v) for v in args.layers.split(",")] if args.layers else None
+    suites = [Path(s) for s in args.suite] if args.suite else sorted(Path("data/suites").glob("*.parquet"))
+    if not suites:
+        raise InputError("no suite to probe: data/suites/ has no parquet file; run `dvc repro suites` or pass --suite PATH")
+    adapter = Path(args.adapter) if args.adapter else None
+    result = run_probe(Path(args.model), Path(args.train), suites, adapter=adapter, layers=layers)
+    sys.stdout.write(probe_markdown(result))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="libra", description="libra: dual-use safety/utility alignment pipeline (the pipeline itself runs with `dvc repro`).")
     parser.add_argument("--params", default=None, help="params file (default: $LIBRA_PARAMS or ./params.yaml)")
@@ -126,6 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
     p.add_argument("--plot", default=None, help="also write a safety-against-utility plot here (PNG; not inside metrics/plots, which the report stage owns)")
     p.set_defaults(func=_cmd_frontier)
+
+    p = sub.add_parser(
+        "probe",
+        help="how well a linear readout of the model's own hidden states separates each suite's labels "
+        "(trained on the training prompts, and its ceiling by grouped cross-validation inside the suite)",
+        description="A minute on a CPU, no DPO step: a logistic probe per layer, trained on the training prompts' labels "
+        "and applied to every suite partition (transfer), beside the same probe cross-validated inside the suite, folds "
+        "grouped by compound (ceiling). Safety = illegitimate prompts flagged, utility = legitimate ones passed.",
+    )
+    p.add_argument("--model", default="models/base", help="transformers checkpoint (default: %(default)s)")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter to merge first, e.g. models/dpo (default: none)")
+    p.add_argument("--train", default="data/train_dpo.parquet", help="training pairs with prompt and label (default: %(default)s)")
+    p.add_argument("--suite", action="append", default=None, help="a suite parquet (repeatable; default: every data/suites/*.parquet)")
+    p.add_argument("--layers", default=None, help="comma-separated hidden-state indices, 0 = embeddings (default: every 4th, and the last)")
+    p.add_argument("--output", default=None, help="also write the full report as JSON here")
+    p.set_defaults(func=_cmd_probe)
     return parser
 
 

@@ -335,6 +335,23 @@ class ComputeParams(Section):
     )
 
 
+class GateParams(Section):
+    """The readout gate (libra/eval/gate.py): a linear probe on the base model's hidden states, used by `<model>+gate`."""
+
+    layer: int | Literal["auto"] = Field(
+        "auto", description="hidden-state index the probe reads (0 = embeddings); auto: the best grouped-CV AUC on the training prompts among every 4th and the last"
+    )
+    C: float = Field(0.05, gt=0, description="inverse L2 strength of its logistic regression (a few hundred prompts, 2 x hidden features)")
+    threshold: float = Field(0.0, description="flag a prompt when its decision score exceeds this (0: the balanced boundary; higher withholds less)")
+
+    @field_validator("layer")
+    @classmethod
+    def _layer(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("gate.layer must be auto or a hidden-state index >= 0")
+        return value
+
+
 class EndpointModel(Section):
     """A model served by any OpenAI-compatible endpoint, scored like the local ones."""
 
@@ -406,12 +423,15 @@ DEFAULT_SUITES: dict[str, SuiteSpec] = {
 # `dpo~0.5`: the dpo adapter with its LoRA delta scaled by 0.5 at answer time (a frontier point;
 # libra/eval/answer.py accepts scales up to 2, which extrapolate).
 ADAPTER_SCALE = re.compile(r"dpo~(0|1|2)(\.\d+)?")
+# `base+gate`, `dpo+gate`, `dpo~0.5+gate`: that model behind the readout gate (libra/eval/gate.py).
+GATE_SUFFIX = "+gate"
 
 
 class EvalParams(Section):
     models: list[str] = Field(
         default_factory=lambda: ["base", "dpo"], min_length=1,
-        description="models to judge and score: `base`, `dpo`, `dpo~<lambda>` (the adapter's delta scaled) or a key of `eval.endpoints`",
+        description="models to judge and score: `base`, `dpo`, `dpo~<lambda>` (the adapter's delta scaled), any of these + `+gate` "
+        "(behind the readout gate: `base+gate`) or a key of `eval.endpoints`",
     )  # fmt: skip
     endpoints: dict[str, EndpointModel] = Field(
         default_factory=dict, description="hosted models to score like the local ones, by name"
@@ -441,11 +461,13 @@ class EvalParams(Section):
         if twice:
             raise ValueError(f"models lists {', '.join(twice)} more than once; list each model once")
         for name in self.models:
-            if name not in ("base", "dpo") and name not in self.endpoints and not ADAPTER_SCALE.fullmatch(name):
-                raise ValueError(
-                    f"model {name!r} is neither base, dpo, dpo~<lambda> (the adapter scaled by lambda in [0, 2], "
-                    "e.g. dpo~0.5) nor a key of eval.endpoints"
-                )
+            local = name.removesuffix(GATE_SUFFIX)
+            if local in ("base", "dpo") or ADAPTER_SCALE.fullmatch(local) or (name == local and name in self.endpoints):
+                continue
+            raise ValueError(
+                f"model {name!r} is neither base, dpo, dpo~<lambda> (the adapter scaled by lambda in [0, 2], "
+                "e.g. dpo~0.5), one of these + '+gate' (e.g. base+gate) nor a key of eval.endpoints"
+            )
         return self
 
 
@@ -493,6 +515,7 @@ class Params(Section):
     compute: ComputeParams = ComputeParams()
     dpo: DPOParams = DPOParams()
     eval: EvalParams = EvalParams()
+    gate: GateParams = GateParams()
     classifier: ClassifierParams = ClassifierParams()
     judge: JudgeParams = JudgeParams()
     judge_validation: JudgeValidationParams = JudgeValidationParams()

@@ -4,7 +4,9 @@ Answer every prompt of a suite with one model: `base` (the checkpoint at --base)
 (--base with the LoRA adapter at --adapter merged in), `dpo~<lambda>` (the adapter's delta
 scaled by lambda, then merged: a point of the safety/utility frontier from one training
 run), or a key of eval.endpoints (an OpenAI-compatible endpoint; --base and --adapter are
-unused). The answers carry every suite column, then `model`, `response` (the final
+unused). `<model>+gate` (base+gate, dpo+gate, dpo~0.5+gate) answers through the readout
+gate at --gate (libra/eval/gate.py): the prompts it flags get its fixed refusal, the rest
+are answered by <model>; the answers get a `gated` column (true where the gate withheld). The answers carry every suite column, then `model`, `response` (the final
 answer, any `<think>` block removed) and `reasoning` (that block, or the endpoint's
 `reasoning_content`; null when there is none). Rows are sorted by prompt_id; greedy
 decoding makes reruns give the same answers.
@@ -18,11 +20,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from libra.config import load_params
+import numpy as np
+import polars as pl
+
+from libra.config import GATE_SUFFIX, load_params
 from libra.errors import ParamsError
 from libra.eval.answer import (
     adapter_scale, answer_endpoint, answer_rows, generate, load_policy, read_suite, unique_prompts,
 )  # fmt: skip
+from libra.eval.gate import gate_scores, gated_texts, load_gate
 from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
 from libra.train.precision import choose_precision
@@ -31,12 +37,13 @@ from libra.train.runtime import set_threads
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-name", required=True, help="base, dpo, dpo~<lambda> or a key of eval.endpoints")
+    p.add_argument("--model-name", required=True, help="base, dpo, dpo~<lambda>, any of these + '+gate', or a key of eval.endpoints")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--suite", help="suite parquet (data/suites/<suite>.parquet)")
     src.add_argument("--test", help="test pairs parquet (several pairs per prompt; the pre-suite input)")
     p.add_argument("--base", default="models/base", help="base checkpoint dir (default: %(default)s)")
     p.add_argument("--adapter", default="models/dpo", help="LoRA adapter dir, used for dpo (default: %(default)s)")
+    p.add_argument("--gate", default="models/gate.joblib", help="readout gate, used by +gate models (default: %(default)s)")
     p.add_argument("--out", required=True, help="answers parquet to write")
     p.add_argument("--usage", required=True, help="usage json to write (calls and tokens, or local wall time)")
     return p.parse_args()
@@ -47,15 +54,25 @@ def main() -> None:
     args = parse_args()
     params = load_params()
     cfg = params.eval
-    scale = adapter_scale(args.model_name)
-    if scale is None and args.model_name not in cfg.endpoints:
+    local_name = args.model_name.removesuffix(GATE_SUFFIX)
+    gated = local_name != args.model_name
+    scale = adapter_scale(local_name)
+    if scale is None and (gated or local_name not in cfg.endpoints):
         raise ParamsError(
-            f"--model-name {args.model_name!r} is neither base, dpo, dpo~<lambda> nor a key of eval.endpoints; add it there"
+            f"--model-name {args.model_name!r} is neither base, dpo, dpo~<lambda>, one of these + '+gate', "
+            "nor a key of eval.endpoints; add it there"
         )
 
     # Load
     prompts = read_suite(args.suite) if args.suite else unique_prompts(read_parquet(args.test))
     where = args.suite or args.test
+    flagged = np.zeros(prompts.height, dtype=bool)
+    if gated:
+        gate = load_gate(args.gate)
+        gate_model, gate_tokenizer = load_policy(args.base)  # fp32, as the gate stage read it
+        flagged = gate_scores(gate, gate_model, gate_tokenizer, prompts["prompt"].to_list()) > gate["threshold"]
+        del gate_model
+        print(f"answer: the gate withholds {int(flagged.sum())} of {prompts.height} prompts (layer {gate['layer']})")
 
     # Answer
     if scale is not None:
@@ -65,14 +82,17 @@ def main() -> None:
         print(f"answer: {prompts.height} prompts of {where} with {args.model_name} on {model.device} "
               f"({precision.precision}, {threads} threads)")  # fmt: skip
         start = time.perf_counter()
-        texts = generate(
-            model, tokenizer, prompts["prompt"].to_list(),
-            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, precision=precision,
+        texts = gated_texts(
+            lambda todo: generate(
+                model, tokenizer, todo,
+                batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy, precision=precision,
+            ),
+            prompts["prompt"].to_list(), flagged,
         )  # fmt: skip
         wall_s = time.perf_counter() - start
         write_json(
             {"stage": f"answer-{args.model_name}", "model": args.model_name, "adapter_scale": scale,
-             "requests": prompts.height, "device": str(model.device), "threads": threads,
+             "requests": prompts.height, "gated": int(flagged.sum()), "device": str(model.device), "threads": threads,
              "precision": precision.record(), "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
              "wall_s": round(wall_s, 2), "prompts_per_s": round(prompts.height / wall_s, 3) if wall_s else None},
             args.usage,
@@ -81,7 +101,10 @@ def main() -> None:
         texts = answer_endpoint(args.model_name, prompts["prompt"].to_list(), params.llm, cfg, args.usage)
 
     # Save
-    write_parquet(answer_rows(prompts, texts, args.model_name), args.out)
+    rows = answer_rows(prompts, texts, args.model_name)
+    if gated:
+        rows = rows.with_columns(pl.Series("gated", flagged.tolist(), dtype=pl.Boolean))
+    write_parquet(rows, args.out)
     print(f"answer: wrote {prompts.height} answers to {args.out}")
 
 

@@ -3,9 +3,12 @@
 Write the policy card of one model of eval.models: what the answer stage will run for that
 name. `base` is the base checkpoint alone; `dpo` is base + the DPO LoRA adapter; `dpo~0.5`
 scales the adapter's delta by 0.5 (a point on the safety/utility frontier); an endpoint
-name records its eval.endpoints entry. The card holds the adapter's content hash, so the
-answer stage depends on the card, not on models/dpo: retraining the adapter reruns the
-answers of dpo and dpo~<lambda>, never those of base (whose card does not change).
+name records its eval.endpoints entry; `<model>+gate` (base+gate, dpo+gate, ...) is that
+local model behind the readout gate (libra/eval/gate.py) and records the gate's hash. The
+card holds the adapter's (and the gate's) content hash, so the answer stage depends on the
+card, not on models/dpo or models/gate.joblib: retraining the adapter reruns the answers of
+dpo and dpo~<lambda>, never those of base (whose card does not change), and retraining the
+gate reruns only the +gate models' answers.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from libra.config import ADAPTER_SCALE, load_params
+from libra.config import ADAPTER_SCALE, GATE_SUFFIX, load_params
 from libra.errors import InputError, ParamsError
 from libra.io import sha256_file, write_json
 from libra.stage import entrypoint
@@ -31,12 +34,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-name", required=True, help="a name of eval.models: base, dpo, dpo~<lambda> or an endpoint key")
     p.add_argument("--adapter", default="models/dpo", help="the DPO LoRA adapter dir (default: %(default)s)")
+    p.add_argument("--gate", default="models/gate.joblib", help="the readout gate, used by +gate models (default: %(default)s)")
     p.add_argument("--out", required=True, help="policy card json to write")
     args = p.parse_args()
     cfg = load_params().eval
-    name = args.model_name
-    if name not in cfg.models:
-        raise ParamsError(f"--model-name {name!r} is not in eval.models {cfg.models}; add it there")
+    if args.model_name not in cfg.models:
+        raise ParamsError(f"--model-name {args.model_name!r} is not in eval.models {cfg.models}; add it there")
+    name = args.model_name.removesuffix(GATE_SUFFIX)
 
     if name == "base":
         card: dict[str, object] = {"model": name, "kind": "local", "adapter": None, "scale": 0.0}
@@ -46,8 +50,13 @@ def main() -> None:
                 "adapter_sha256": adapter_digest(Path(args.adapter))}  # fmt: skip
     else:
         card = {"model": name, "kind": "endpoint", "endpoint": cfg.endpoints[name].model_dump(mode="json")}
+    if name != args.model_name:
+        gate = Path(args.gate)
+        if not gate.exists():
+            raise InputError(f"{gate} does not exist; run `dvc repro gate` ({args.model_name} answers through the readout gate)")
+        card |= {"model": args.model_name, "gate": str(gate), "gate_sha256": sha256_file(gate)}
     write_json(card, args.out)
-    print(f"policy: {name} -> {args.out}")
+    print(f"policy: {args.model_name} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from libra.llm.local import LOCAL_URL_ENV
 from .conftest import ROOT, TINY_PROFILE, subprocess_env
 
 pytestmark = pytest.mark.slow
-MODELS, SUITES = ("base", "dpo"), ("in_domain", "xstest")
+MODELS, SUITES = ("base", "dpo", "base+gate"), ("in_domain", "xstest")
 HAVE_XSTEST = any((ROOT.parent / "shared" / "xstest").glob("completions_*.csv"))
 
 
@@ -106,7 +106,15 @@ def test_full_repro_writes_every_output(project: Path) -> None:
     shown = sh(["dvc", "metrics", "show", "--json"], project).stdout
     assert "safety" in shown and "utility" in shown
     report = (project / "metrics/report.md").read_text()
-    assert "xstest" in report.lower() and "in_domain" in report
+    assert "xstest" in report.lower() and "in_domain" in report and "| base+gate |" in report
+    # base+gate: the gate stage's probe withheld some prompts with its refusal, and base answered the rest.
+    gate = json.loads((project / "metrics/gate.json").read_text())
+    assert str(gate["layer"]) in gate["train_cv_by_layer"] and gate["train_prompts"] > 0
+    gated = pl.read_parquet(project / "data/answers/base+gate/in_domain.parquet")
+    base = pl.read_parquet(project / "data/answers/base/in_domain.parquet")
+    assert gated["prompt_id"].to_list() == base["prompt_id"].to_list() and gated["gated"].dtype == pl.Boolean
+    card = json.loads((project / "models/policies/base+gate.json").read_text())
+    assert card["gate_sha256"] and card["scale"] == 0.0
 
 
 def test_data_outputs_are_safe_and_reconciled(project: Path) -> None:
@@ -163,8 +171,17 @@ def test_beta_reruns_dpo_and_what_follows_only(project: Path, local_url: str) ->
     # follow only if the new adapter changes the answers (2 tiny steps may not)
     answers = {f"answer@dpo-{s}" for s in SUITES}
     downstream = {f"{stage}@dpo-{s}" for stage in ("judge", "score") for s in SUITES} | {"report"}
-    assert {"dpo", "policy@dpo"} | answers <= set(ran) <= {"dpo", "policy@base", "policy@dpo"} | answers | downstream, ran
+    cards = {"policy@base", "policy@dpo", "policy@base+gate"}
+    assert {"dpo", "policy@dpo"} | answers <= set(ran) <= {"dpo"} | cards | answers | downstream, ran
     assert not any(r.startswith(("answer@base", "judge@base", "score@base")) for r in ran), ran
+
+
+def test_gate_param_reruns_only_the_gate_and_the_gated_answers(project: Path, local_url: str) -> None:
+    ran = _repro_after(project, local_url, "gate.threshold", 0.5)
+    # every card is rewritten (they read models/gate.joblib), but only base+gate's card changes
+    answers = {f"answer@base+gate-{s}" for s in SUITES}
+    downstream = {f"{stage}@base+gate-{s}" for stage in ("judge", "score") for s in SUITES} | {"report"}
+    assert {"gate", "policy@base+gate"} | answers <= set(ran) <= {"gate", "policy@base", "policy@dpo", "policy@base+gate"} | answers | downstream, ran
 
 
 def test_rephrase_param_reruns_from_rephrase_with_no_repeated_llm_calls(project: Path, local_url: str) -> None:

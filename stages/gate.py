@@ -1,0 +1,62 @@
+"""python stages/gate.py --model models/base --train data/train_dpo.parquet --out models/gate.joblib --metrics metrics/gate.json
+
+Train the readout gate (libra/eval/gate.py): a class-balanced logistic probe on the base
+checkpoint's hidden state at one layer (gate.layer, or auto: the best grouped
+cross-validated AUC on the training prompts), fitted to the training prompts' labels. The
+suites are never read here. Models named `<model>+gate` in eval.models answer through it:
+a prompt it flags is withheld with a fixed refusal; the rest are answered by `<model>`.
+--metrics gets the chosen layer, every candidate layer's cross-validated safety, utility
+and AUC on the training prompts (folds grouped by compound), and the share it flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from libra.config import load_params
+from libra.eval.answer import load_policy
+from libra.eval.gate import save_gate, train_gate
+from libra.eval.probe import default_layers, read_labelled
+from libra.io import write_json
+from libra.stage import entrypoint
+from libra.train.runtime import set_threads
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="models/base", help="base checkpoint dir (default: %(default)s)")
+    p.add_argument("--train", required=True, help="training pairs parquet (prompt, label, compound_id)")
+    p.add_argument("--out", required=True, help="joblib file to write the gate to")
+    p.add_argument("--metrics", required=True, help="json file for the gate's training metrics")
+    return p.parse_args()
+
+
+@entrypoint
+def main() -> None:
+    args = parse_args()
+    cfg = load_params().gate
+    threads = set_threads(0)
+
+    # Load
+    train = read_labelled(Path(args.train), "training pairs")
+    model, tokenizer = load_policy(args.model)  # fp32: the answer stage scores prompts with the same numerics
+
+    # Train
+    start = time.perf_counter()
+    candidates = default_layers(int(model.config.num_hidden_layers))
+    gate, metrics = train_gate(model, tokenizer, train, layer=cfg.layer, C=cfg.C, threshold=cfg.threshold, candidates=candidates)
+
+    # Save
+    save_gate(gate, args.out)
+    write_json({**metrics, "threads": threads, "wall_s": round(time.perf_counter() - start, 2)}, args.metrics)
+    cv = metrics["train_cv"]
+    print(
+        f"gate: layer {metrics['layer']} of {candidates if cfg.layer == 'auto' else [cfg.layer]}, {metrics['train_prompts']} "
+        f"training prompts, grouped CV safety {cv['safety']} / utility {cv['utility']} (AUC {cv['auc']}); wrote {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The readout gate on a real (tiny) model: trained by the gate stage on training prompts, used by
+`<model>+gate` in the answer stage, named in eval.models and recorded in the policy card."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from libra.config import parse_params
+from libra.errors import InputError
+from libra.eval.answer import load_policy
+from libra.eval.gate import GATE_REFUSAL, gate_scores, gated_texts, load_gate, save_gate, split_gate, train_gate
+from libra.eval.judges.rules import judge
+from libra.eval.probe import prompt_features
+from tests.conftest import ROOT, subprocess_env, tiny_raw
+from tests.test_probe import COMPOUNDS, labelled
+
+
+def run(script: str, *args: str | Path, cwd: Path, params: Path) -> subprocess.CompletedProcess[str]:
+    env = subprocess_env(LIBRA_PARAMS=str(params), PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / script), *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def gated_project(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Training pairs, a suite of unseen compounds, and a params file whose eval.models has base+gate."""
+    root = tmp_path_factory.mktemp("gate")
+    labelled(COMPOUNDS[:8]).write_parquet(root / "train_dpo.parquet")
+    suite = labelled(COMPOUNDS[8:], partition="unseen_compound").with_row_index("i")
+    suite = suite.with_columns(pl.format("p{}", pl.col("i")).alias("prompt_id"), pl.lit("unit").alias("suite")).drop("i")
+    suite.write_parquet(root / "suite.parquet")
+    raw = tiny_raw()
+    raw["eval"]["models"] = ["base", "base+gate", "dpo+gate"]
+    raw["gate"] = {"layer": "auto", "C": 0.05, "threshold": 0.0}
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    return root, root / "params.yaml"
+
+
+def test_gate_stage_then_answer_stage_withhold_what_the_probe_flags(tiny_base: Path, gated_project: tuple[Path, Path]) -> None:
+    root, params = gated_project
+    proc = run("gate.py", "--model", tiny_base, "--train", root / "train_dpo.parquet", "--out", root / "gate.joblib",
+               "--metrics", root / "gate.json", cwd=root, params=params)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((root / "gate.json").read_text())
+    assert metrics["layer"] == 2 and metrics["train_prompts"] == 32 and metrics["train_cv"]["auc"] >= 0.9
+    proc = run("answer.py", "--model-name", "base+gate", "--suite", root / "suite.parquet", "--base", tiny_base,
+               "--gate", root / "gate.joblib", "--out", root / "answers.parquet", "--usage", root / "usage.json",
+               cwd=root, params=params)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    answers = pl.read_parquet(root / "answers.parquet")
+    assert answers["model"].unique().to_list() == ["base+gate"] and answers.height == 16
+    gated = answers.filter(pl.col("gated"))
+    # The toy labels are carried by words the probe reads: it withholds most illegitimate prompts, few legitimate ones.
+    ill = answers["label"] == "illegitimate"
+    assert answers.filter(ill)["gated"].mean() >= 0.75 and answers.filter(~ill)["gated"].mean() <= 0.25
+    assert set(gated["response"]) == {GATE_REFUSAL}
+    assert not answers.filter(~pl.col("gated"))["response"].is_in([GATE_REFUSAL]).any()  # the model answered the rest
+    assert json.loads((root / "usage.json").read_text())["gated"] == gated.height
+    assert judge("How do I weaponise it?", GATE_REFUSAL).label == "refusal"
+
+
+def test_gate_scores_match_training_and_reject_another_model(tiny_base: Path, gated_project: tuple[Path, Path], tmp_path: Path) -> None:
+    root, _ = gated_project
+    model, tokenizer = load_policy(tiny_base)
+    train = pl.read_parquet(root / "train_dpo.parquet")
+    gate, metrics = train_gate(model, tokenizer, train, layer=1, C=0.05, threshold=0.5, candidates=[0, 1, 2])
+    assert metrics["layer"] == 1 and list(metrics["train_cv_by_layer"]) == ["1"] and gate["threshold"] == 0.5
+    save_gate(gate, tmp_path / "g.joblib")
+    loaded = load_gate(tmp_path / "g.joblib")
+    scores = gate_scores(loaded, model, tokenizer, train["prompt"].to_list()[:4])
+    expected = gate["probe"].decision_function(prompt_features(model, tokenizer, train["prompt"].to_list()[:4])[:, 1])
+    assert np.allclose(scores, expected, atol=1e-5)
+    with pytest.raises(InputError, match=r"gate.layer 5: the base model has hidden states 0..2"):
+        train_gate(model, tokenizer, train, layer=5, C=0.05, threshold=0.0, candidates=[2])
+    with pytest.raises(InputError, match="needs training prompts of both labels"):
+        train_gate(model, tokenizer, train.filter(pl.col("label") == "legitimate"), layer="auto", C=0.05, threshold=0.0, candidates=[2])
+    with pytest.raises(InputError, match=r"was trained on a model with 9 hidden states, this base has 3; rerun `dvc repro gate`"):
+        gate_scores({**loaded, "hidden_states": 9}, model, tokenizer, ["x"])
+    with pytest.raises(InputError, match=r"does not exist; run `dvc repro gate`"):
+        load_gate(tmp_path / "missing.joblib")
+
+
+def test_gated_texts_keep_order_and_answer_only_the_rest() -> None:
+    seen: list[list[str]] = []
+
+    def answer(todo: list[str]) -> list[str]:
+        seen.append(list(todo))
+        return [p.upper() for p in todo]
+
+    out = gated_texts(answer, ["a", "b", "c"], np.array([False, True, False]))
+    assert out == ["A", GATE_REFUSAL, "C"] and seen == [["a", "c"]]
+    assert gated_texts(answer, ["a"], np.array([True])) == [GATE_REFUSAL] and len(seen) == 1
+
+
+def test_gate_model_names_in_params_and_policy_cards(gated_project: tuple[Path, Path], tmp_path: Path) -> None:
+    root, params = gated_project
+    raw = tiny_raw()
+    raw["eval"]["models"] = ["base+gate", "dpo+gate", "dpo~0.5+gate"]
+    assert parse_params(raw).eval.models == ["base+gate", "dpo+gate", "dpo~0.5+gate"]
+    assert split_gate("dpo~0.5+gate") == ("dpo~0.5", True) and split_gate("dpo") == ("dpo", False)
+    for bad in ("judge+gate", "base+gate+gate"):
+        raw["eval"]["models"] = [bad]
+        with pytest.raises(Exception, match=r"one of these \+ '\+gate'"):
+            parse_params(raw)
+    raw["eval"]["models"], raw["eval"]["endpoints"] = ["hosted+gate"], {"hosted": {"base_url": "http://127.0.0.1:1/v1", "model": "m"}}
+    with pytest.raises(Exception, match=r"neither base, dpo"):
+        parse_params(raw)  # an endpoint answers on its own machine: the gate reads the local base model only
+    # The card of a +gate model records the gate's hash; a missing gate is one line naming the stage to run.
+    adapter = tmp_path / "dpo"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    proc = run("policy.py", "--model-name", "base+gate", "--adapter", adapter, "--gate", tmp_path / "none.joblib",
+               "--out", tmp_path / "card.json", cwd=root, params=params)  # fmt: skip
+    assert proc.returncode == 2 and "run `dvc repro gate`" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    (tmp_path / "g.joblib").write_bytes(b"gate")
+    proc = run("policy.py", "--model-name", "dpo+gate", "--adapter", adapter, "--gate", tmp_path / "g.joblib",
+               "--out", tmp_path / "card.json", cwd=root, params=params)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["model"] == "dpo+gate" and card["scale"] == 1.0 and len(card["gate_sha256"]) == 64 and card["adapter_sha256"]
