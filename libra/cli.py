@@ -93,7 +93,10 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from libra.eval.probe import probe_markdown, run_probe
 
-    layers = [int(v) for v in args.layers.split(",")] if args.layers else None
+    try:
+        layers = [int(v) for v in args.layers.split(",")] if args.layers else None
+    except ValueError:
+        raise InputError(f"--layers {args.layers!r}: comma-separated hidden-state indices, e.g. 8,16,24") from None
     suites = [Path(s) for s in args.suite] if args.suite else sorted(Path("data/suites").glob("*.parquet"))
     if not suites:
         raise InputError("no suite to probe: data/suites/ has no parquet file; run `dvc repro suites` or pass --suite PATH")
@@ -101,6 +104,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     result = run_probe(Path(args.model), Path(args.train), suites, adapter=adapter, layers=layers)
     sys.stdout.write(probe_markdown(result))
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.output}")
     return 0

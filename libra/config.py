@@ -429,7 +429,7 @@ GATE_SUFFIX = "+gate"
 
 class EvalParams(Section):
     models: list[str] = Field(
-        default_factory=lambda: ["base", "dpo"], min_length=1,
+        default_factory=lambda: ["base", "dpo", "base+gate"], min_length=1,
         description="models to judge and score: `base`, `dpo`, `dpo~<lambda>` (the adapter's delta scaled), any of these + `+gate` "
         "(behind the readout gate: `base+gate`) or a key of `eval.endpoints`",
     )  # fmt: skip
@@ -465,7 +465,7 @@ class EvalParams(Section):
             if local in ("base", "dpo") or ADAPTER_SCALE.fullmatch(local) or (name == local and name in self.endpoints):
                 continue
             raise ValueError(
-                f"model {name!r} is neither base, dpo, dpo~<lambda> (the adapter scaled by lambda in [0, 2], "
+                f"models lists {name!r}, which is neither base, dpo, dpo~<lambda> (the adapter scaled by lambda in [0, 2], "
                 "e.g. dpo~0.5), one of these + '+gate' (e.g. base+gate) nor a key of eval.endpoints"
             )
         return self

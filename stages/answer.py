@@ -5,8 +5,9 @@ Answer every prompt of a suite with one model: `base` (the checkpoint at --base)
 scaled by lambda, then merged: a point of the safety/utility frontier from one training
 run), or a key of eval.endpoints (an OpenAI-compatible endpoint; --base and --adapter are
 unused). `<model>+gate` (base+gate, dpo+gate, dpo~0.5+gate) answers through the readout
-gate at --gate (libra/eval/gate.py): the prompts it flags get its fixed refusal, the rest
-are answered by <model>; the answers get a `gated` column (true where the gate withheld). The answers carry every suite column, then `model`, `response` (the final
+gate its policy card (--policy) names, at the card's threshold (libra/eval/gate.py): the
+prompts it flags get its fixed refusal, the rest are answered by <model>; the answers get a
+`gated` column (true where the gate withheld). The answers carry every suite column, then `model`, `response` (the final
 answer, any `<think>` block removed) and `reasoning` (that block, or the endpoint's
 `reasoning_content`; null when there is none). Rows are sorted by prompt_id; greedy
 decoding makes reruns give the same answers.
@@ -28,7 +29,7 @@ from libra.errors import ParamsError
 from libra.eval.answer import (
     adapter_scale, answer_endpoint, answer_rows, generate, load_policy, read_suite, unique_prompts,
 )  # fmt: skip
-from libra.eval.gate import gate_scores, gated_texts, load_gate
+from libra.eval.gate import gate_of_card, gate_scores, gated_texts, load_gate
 from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
 from libra.train.precision import choose_precision
@@ -43,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     src.add_argument("--test", help="test pairs parquet (several pairs per prompt; the pre-suite input)")
     p.add_argument("--base", default="models/base", help="base checkpoint dir (default: %(default)s)")
     p.add_argument("--adapter", default="models/dpo", help="LoRA adapter dir, used for dpo (default: %(default)s)")
-    p.add_argument("--gate", default="models/gate.joblib", help="readout gate, used by +gate models (default: %(default)s)")
+    p.add_argument("--policy", default=None, help="the model's policy card (models/policies/<model>.json); +gate models read their gate and threshold there")
     p.add_argument("--out", required=True, help="answers parquet to write")
     p.add_argument("--usage", required=True, help="usage json to write (calls and tokens, or local wall time)")
     return p.parse_args()
@@ -66,17 +67,18 @@ def main() -> None:
     # Load
     prompts = read_suite(args.suite) if args.suite else unique_prompts(read_parquet(args.test))
     where = args.suite or args.test
+    threads = set_threads(0)
     flagged = np.zeros(prompts.height, dtype=bool)
     if gated:
-        gate = load_gate(args.gate)
+        gate_path, threshold = gate_of_card(args.policy, args.model_name)
+        gate = load_gate(gate_path)
         gate_model, gate_tokenizer = load_policy(args.base)  # fp32, as the gate stage read it
-        flagged = gate_scores(gate, gate_model, gate_tokenizer, prompts["prompt"].to_list()) > gate["threshold"]
+        flagged = gate_scores(gate, gate_model, gate_tokenizer, prompts["prompt"].to_list()) > threshold
         del gate_model
-        print(f"answer: the gate withholds {int(flagged.sum())} of {prompts.height} prompts (layer {gate['layer']})")
+        print(f"answer: the gate withholds {int(flagged.sum())} of {prompts.height} prompts (layer {gate['layer']}, threshold {threshold})")
 
     # Answer
     if scale is not None:
-        threads = set_threads(0)
         precision = choose_precision(params.compute.precision)
         model, tokenizer = load_policy(args.base, args.adapter if scale else None, scale=scale, precision=precision)
         print(f"answer: {prompts.height} prompts of {where} with {args.model_name} on {model.device} "
@@ -94,7 +96,8 @@ def main() -> None:
             {"stage": f"answer-{args.model_name}", "model": args.model_name, "adapter_scale": scale,
              "requests": prompts.height, "gated": int(flagged.sum()), "device": str(model.device), "threads": threads,
              "precision": precision.record(), "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size,
-             "wall_s": round(wall_s, 2), "prompts_per_s": round(prompts.height / wall_s, 3) if wall_s else None},
+             "wall_s": round(wall_s, 2),
+             "prompts_per_s": round(int((~flagged).sum()) / wall_s, 3) if wall_s else None},  # prompts generated
             args.usage,
         )  # fmt: skip
     else:

@@ -1,12 +1,13 @@
 """python stages/gate.py --model models/base --train data/train_dpo.parquet --out models/gate.joblib --metrics metrics/gate.json
 
-Train the readout gate (libra/eval/gate.py): a class-balanced logistic probe on the base
+Fit the readout gate (libra/eval/gate_fit.py): a class-balanced logistic probe on the base
 checkpoint's hidden state at one layer (gate.layer, or auto: the best grouped
 cross-validated AUC on the training prompts), fitted to the training prompts' labels. The
-suites are never read here. Models named `<model>+gate` in eval.models answer through it:
-a prompt it flags is withheld with a fixed refusal; the rest are answered by `<model>`.
---metrics gets the chosen layer, every candidate layer's cross-validated safety, utility
-and AUC on the training prompts (folds grouped by compound), and the share it flags.
+suites are never read. Models named `<model>+gate` in eval.models answer through it: a
+prompt scoring above gate.threshold (recorded in their policy cards, not here) is withheld
+with a fixed refusal; the rest are answered by `<model>`. --metrics gets the chosen layer
+and every candidate layer's cross-validated safety, utility (at score 0) and AUC on the
+training prompts, folds grouped by compound.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from libra.config import load_params
 from libra.eval.answer import load_policy
-from libra.eval.gate import save_gate, train_gate
+from libra.eval.gate_fit import save_gate, train_gate
 from libra.eval.probe import default_layers, read_labelled
 from libra.io import write_json
 from libra.stage import entrypoint
@@ -43,10 +44,10 @@ def main() -> None:
     train = read_labelled(Path(args.train), "training pairs")
     model, tokenizer = load_policy(args.model)  # fp32: the answer stage scores prompts with the same numerics
 
-    # Train
+    # Fit
     start = time.perf_counter()
     candidates = default_layers(int(model.config.num_hidden_layers))
-    gate, metrics = train_gate(model, tokenizer, train, layer=cfg.layer, C=cfg.C, threshold=cfg.threshold, candidates=candidates)
+    gate, metrics = train_gate(model, tokenizer, train, layer=cfg.layer, C=cfg.C, candidates=candidates, source=f"training pairs {args.train}")
 
     # Save
     save_gate(gate, args.out)

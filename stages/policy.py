@@ -4,11 +4,12 @@ Write the policy card of one model of eval.models: what the answer stage will ru
 name. `base` is the base checkpoint alone; `dpo` is base + the DPO LoRA adapter; `dpo~0.5`
 scales the adapter's delta by 0.5 (a point on the safety/utility frontier); an endpoint
 name records its eval.endpoints entry; `<model>+gate` (base+gate, dpo+gate, ...) is that
-local model behind the readout gate (libra/eval/gate.py) and records the gate's hash. The
+local model behind the readout gate (libra/eval/gate.py) and records the gate's hash and
+gate.threshold. The
 card holds the adapter's (and the gate's) content hash, so the answer stage depends on the
 card, not on models/dpo or models/gate.joblib: retraining the adapter reruns the answers of
-dpo and dpo~<lambda>, never those of base (whose card does not change), and retraining the
-gate reruns only the +gate models' answers.
+dpo and dpo~<lambda>, never those of base (whose card does not change), and refitting the
+gate or moving gate.threshold reruns only the +gate models' answers.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ def adapter_digest(adapter: Path) -> dict[str, str]:
 @entrypoint
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-name", required=True, help="a name of eval.models: base, dpo, dpo~<lambda> or an endpoint key")
+    p.add_argument("--model-name", required=True, help="a name of eval.models: base, dpo, dpo~<lambda>, any of these + '+gate', or an endpoint key")
     p.add_argument("--adapter", default="models/dpo", help="the DPO LoRA adapter dir (default: %(default)s)")
     p.add_argument("--gate", default="models/gate.joblib", help="the readout gate, used by +gate models (default: %(default)s)")
     p.add_argument("--out", required=True, help="policy card json to write")
     args = p.parse_args()
-    cfg = load_params().eval
+    params = load_params()
+    cfg = params.eval
     if args.model_name not in cfg.models:
         raise ParamsError(f"--model-name {args.model_name!r} is not in eval.models {cfg.models}; add it there")
     name = args.model_name.removesuffix(GATE_SUFFIX)
@@ -54,7 +56,7 @@ def main() -> None:
         gate = Path(args.gate)
         if not gate.exists():
             raise InputError(f"{gate} does not exist; run `dvc repro gate` ({args.model_name} answers through the readout gate)")
-        card |= {"model": args.model_name, "gate": str(gate), "gate_sha256": sha256_file(gate)}
+        card |= {"model": args.model_name, "gate": str(gate), "gate_sha256": sha256_file(gate), "gate_threshold": params.gate.threshold}
     write_json(card, args.out)
     print(f"policy: {args.model_name} -> {args.out}")
 

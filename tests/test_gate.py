@@ -16,9 +16,10 @@ import yaml
 from libra.config import parse_params
 from libra.errors import InputError
 from libra.eval.answer import load_policy
-from libra.eval.gate import GATE_REFUSAL, gate_scores, gated_texts, load_gate, save_gate, split_gate, train_gate
+from libra.eval.features import prompt_features
+from libra.eval.gate import GATE_REFUSAL, gate_of_card, gate_scores, gated_texts, load_gate, split_gate
+from libra.eval.gate_fit import save_gate, train_gate
 from libra.eval.judges.rules import judge
-from libra.eval.probe import prompt_features
 from tests.conftest import ROOT, subprocess_env, tiny_raw
 from tests.test_probe import COMPOUNDS, labelled
 
@@ -52,8 +53,14 @@ def test_gate_stage_then_answer_stage_withhold_what_the_probe_flags(tiny_base: P
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((root / "gate.json").read_text())
     assert metrics["layer"] == 2 and metrics["train_prompts"] == 32 and metrics["train_cv"]["auc"] >= 0.9
+    adapter = root / "dpo"
+    adapter.mkdir(exist_ok=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    proc = run("policy.py", "--model-name", "base+gate", "--adapter", adapter, "--gate", root / "gate.joblib",
+               "--out", root / "card.json", cwd=root, params=params)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
     proc = run("answer.py", "--model-name", "base+gate", "--suite", root / "suite.parquet", "--base", tiny_base,
-               "--gate", root / "gate.joblib", "--out", root / "answers.parquet", "--usage", root / "usage.json",
+               "--policy", root / "card.json", "--out", root / "answers.parquet", "--usage", root / "usage.json",
                cwd=root, params=params)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     answers = pl.read_parquet(root / "answers.parquet")
@@ -72,21 +79,41 @@ def test_gate_scores_match_training_and_reject_another_model(tiny_base: Path, ga
     root, _ = gated_project
     model, tokenizer = load_policy(tiny_base)
     train = pl.read_parquet(root / "train_dpo.parquet")
-    gate, metrics = train_gate(model, tokenizer, train, layer=1, C=0.05, threshold=0.5, candidates=[0, 1, 2])
-    assert metrics["layer"] == 1 and list(metrics["train_cv_by_layer"]) == ["1"] and gate["threshold"] == 0.5
+    gate, metrics = train_gate(model, tokenizer, train, layer=1, C=0.05, candidates=[0, 1, 2])
+    assert metrics["layer"] == 1 and list(metrics["train_cv_by_layer"]) == ["1"] and "threshold" not in gate
+    # auto: every candidate is cross-validated and the best AUC is chosen
+    _, auto = train_gate(model, tokenizer, train, layer="auto", C=0.05, candidates=[0, 1, 2, 9])
+    by_layer = auto["train_cv_by_layer"]
+    assert list(by_layer) == ["0", "1", "2"] and by_layer[str(auto["layer"])]["auc"] == max(v["auc"] for v in by_layer.values())
     save_gate(gate, tmp_path / "g.joblib")
     loaded = load_gate(tmp_path / "g.joblib")
     scores = gate_scores(loaded, model, tokenizer, train["prompt"].to_list()[:4])
     expected = gate["probe"].decision_function(prompt_features(model, tokenizer, train["prompt"].to_list()[:4])[:, 1])
     assert np.allclose(scores, expected, atol=1e-5)
     with pytest.raises(InputError, match=r"gate.layer 5: the base model has hidden states 0..2"):
-        train_gate(model, tokenizer, train, layer=5, C=0.05, threshold=0.0, candidates=[2])
-    with pytest.raises(InputError, match="needs training prompts of both labels"):
-        train_gate(model, tokenizer, train.filter(pl.col("label") == "legitimate"), layer="auto", C=0.05, threshold=0.0, candidates=[2])
+        train_gate(model, tokenizer, train, layer=5, C=0.05, candidates=[2])
+    with pytest.raises(InputError, match=r"^the training pairs: the gate needs training prompts of both labels .* rerun `dvc repro augment`"):
+        train_gate(model, tokenizer, train.filter(pl.col("label") == "legitimate"), layer="auto", C=0.05, candidates=[2])
     with pytest.raises(InputError, match=r"was trained on a model with 9 hidden states, this base has 3; rerun `dvc repro gate`"):
         gate_scores({**loaded, "hidden_states": 9}, model, tokenizer, ["x"])
     with pytest.raises(InputError, match=r"does not exist; run `dvc repro gate`"):
         load_gate(tmp_path / "missing.joblib")
+    (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
+    with pytest.raises(InputError, match=r"is not a readable libra gate .* `dvc repro gate`"):
+        load_gate(tmp_path / "junk.joblib")
+    save_gate({"probe": gate["probe"]}, tmp_path / "partial.joblib")
+    with pytest.raises(InputError, match=r"is not a libra gate \(it needs hidden_states, layer, probe\)"):
+        load_gate(tmp_path / "partial.joblib")
+
+
+def test_features_do_not_depend_on_the_batch(tiny_base: Path) -> None:
+    """Left padding: a prompt's features are the same alone and beside a much longer prompt."""
+    model, tokenizer = load_policy(tiny_base)
+    short, long = "What is salt?", "Describe, in detail and at length, " * 8 + "how table salt is stored safely."
+    alone = prompt_features(model, tokenizer, [short])
+    batched = prompt_features(model, tokenizer, [short, long])
+    assert alone.shape == (1, 3, 128) and np.allclose(alone[0], batched[0], atol=1e-4)
+    assert np.allclose(prompt_features(model, tokenizer, [short, long], layers=[2])[:, 0], batched[:, 2], atol=1e-5)
 
 
 def test_gated_texts_keep_order_and_answer_only_the_rest() -> None:
@@ -127,3 +154,10 @@ def test_gate_model_names_in_params_and_policy_cards(gated_project: tuple[Path, 
     assert proc.returncode == 0, proc.stderr
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["model"] == "dpo+gate" and card["scale"] == 1.0 and len(card["gate_sha256"]) == 64 and card["adapter_sha256"]
+    assert card["gate_threshold"] == 0.0 and gate_of_card(tmp_path / "card.json", "dpo+gate") == (tmp_path / "g.joblib", 0.0)
+    # The answer stage refuses a gate that is not the one its card was written for, and a card with no gate.
+    (tmp_path / "g.joblib").write_bytes(b"another gate")
+    with pytest.raises(InputError, match=r"is not the gate .* rerun `dvc repro policy@dpo\+gate`"):
+        gate_of_card(tmp_path / "card.json", "dpo+gate")
+    with pytest.raises(InputError, match=r"pass --policy models/policies/base\+gate.json"):
+        gate_of_card(None, "base+gate")

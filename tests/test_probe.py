@@ -82,6 +82,10 @@ def test_probe_refuses_bad_input_in_one_line(tiny_base: Path, probe_files: tuple
     pl.DataFrame({"prompt": ["a", "b"], "label": ["legitimate", "harmful"]}).write_parquet(odd)
     with pytest.raises(InputError, match=r"1 rows have no prompt or a label outside illegitimate/legitimate, e.g. label 'harmful'"):
         read_labelled(odd, "suite")
+    nulls = tmp_path / "nulls.parquet"
+    pl.DataFrame({"prompt": ["a", "b"], "label": ["legitimate", None]}).write_parquet(nulls)
+    with pytest.raises(InputError, match=r"1 rows have no prompt or a label outside"):
+        read_labelled(nulls, "suite")
     with pytest.raises(InputError, match=r"--layers \[7\]: the model has hidden states 0..2"):
         run_probe(tiny_base, train, [suite], layers=[7])
     proc = subprocess.run(
@@ -90,6 +94,11 @@ def test_probe_refuses_bad_input_in_one_line(tiny_base: Path, probe_files: tuple
     )  # fmt: skip
     assert proc.returncode == 2 and "training pairs" in proc.stderr and "does not exist" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "libra.cli", "probe", "--model", str(tiny_base), "--train", str(train), "--suite", str(suite), "--layers", "4,x"],
+        cwd=tmp_path, env=subprocess_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--layers '4,x': comma-separated hidden-state indices" in proc.stderr, proc.stderr
 
 
 def test_layers_and_groups() -> None:
