@@ -7,7 +7,8 @@ a hidden-state index is that token's vector beside the mean over the prompt's re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -25,13 +26,18 @@ def prompt_features(
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    decoder = _decoder_layers(model)
+    n_layers = len(decoder) if decoder is not None else None
+    # hidden_states[k < n_layers] is the input of decoder layer k: run only the layers below the
+    # deepest one asked for (the last state, index n_layers, is after the final norm: run them all).
+    depth = max(layers) if layers is not None and n_layers is not None and max(layers) < n_layers else None
     out = []
     for start in range(0, len(prompts), batch_size):
         texts = chat_texts(tokenizer, prompts[start : start + batch_size])
         # The chat template already holds every special token the model expects (as in answer.py).
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            states = model(**enc.to(model.device), output_hidden_states=True).hidden_states
+        with torch.no_grad(), _first_layers(model, decoder, depth):
+            states = model(**enc.to(model.device), output_hidden_states=True, use_cache=False).hidden_states
         mask = enc["attention_mask"].unsqueeze(-1).bool()
         picked = [states[i] for i in layers] if layers is not None else list(states)
         per_layer = [
@@ -39,3 +45,23 @@ def prompt_features(
         ]
         out.append(torch.stack(per_layer, 1).cpu().numpy())
     return np.concatenate(out)
+
+
+def _decoder_layers(model: Any) -> Any:
+    """The model's decoder layer list (Llama-style `model.model.layers`), or None for another layout."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    return layers if layers is not None and hasattr(layers, "__len__") else None
+
+
+@contextmanager
+def _first_layers(model: Any, decoder: Any, depth: int | None) -> Iterator[None]:
+    """Run only decoder layers 0..depth inside the block, so hidden_states[depth] is still a layer's raw input."""
+    if depth is None or decoder is None:
+        yield
+        return
+    model.model.layers = decoder[: depth + 1]
+    try:
+        yield
+    finally:
+        model.model.layers = decoder
