@@ -427,6 +427,12 @@ ADAPTER_SCALE = re.compile(r"dpo~(0|1|2)(\.\d+)?")
 GATE_SUFFIX = "+gate"
 
 
+def split_gate(name: str) -> tuple[str, bool]:
+    """`dpo+gate` -> (`dpo`, True); `dpo` -> (`dpo`, False)."""
+    local = name.removesuffix(GATE_SUFFIX)
+    return local, local != name
+
+
 class EvalParams(Section):
     models: list[str] = Field(
         default_factory=lambda: ["base", "dpo", "base+gate"], min_length=1,
@@ -461,8 +467,8 @@ class EvalParams(Section):
         if twice:
             raise ValueError(f"models lists {', '.join(twice)} more than once; list each model once")
         for name in self.models:
-            local = name.removesuffix(GATE_SUFFIX)
-            if local in ("base", "dpo") or ADAPTER_SCALE.fullmatch(local) or (name == local and name in self.endpoints):
+            local, gated = split_gate(name)
+            if local in ("base", "dpo") or ADAPTER_SCALE.fullmatch(local) or (not gated and name in self.endpoints):
                 continue
             raise ValueError(
                 f"models lists {name!r}, which is neither base, dpo, dpo~<lambda> (the adapter scaled by lambda in [0, 2], "

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import polars as pl
 
-from libra.config import GATE_SUFFIX, load_params
+from libra.config import load_params, split_gate
 from libra.errors import ParamsError
 from libra.eval.answer import (
     adapter_scale, answer_endpoint, answer_rows, generate, load_policy, read_suite, unique_prompts,
@@ -55,8 +55,7 @@ def main() -> None:
     args = parse_args()
     params = load_params()
     cfg = params.eval
-    local_name = args.model_name.removesuffix(GATE_SUFFIX)
-    gated = local_name != args.model_name
+    local_name, gated = split_gate(args.model_name)
     scale = adapter_scale(local_name)
     if scale is None and (gated or local_name not in cfg.endpoints):
         raise ParamsError(

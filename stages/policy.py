@@ -5,9 +5,8 @@ name. `base` is the base checkpoint alone; `dpo` is base + the DPO LoRA adapter;
 scales the adapter's delta by 0.5 (a point on the safety/utility frontier); an endpoint
 name records its eval.endpoints entry; `<model>+gate` (base+gate, dpo+gate, ...) is that
 local model behind the readout gate (libra/eval/gate.py) and records the gate's hash and
-gate.threshold. The
-card holds the adapter's (and the gate's) content hash, so the answer stage depends on the
-card, not on models/dpo or models/gate.joblib: retraining the adapter reruns the answers of
+gate.threshold. The card holds the adapter's (and the gate's) content hash, so the answer
+stage depends on the card, not on models/dpo or models/gate.joblib: retraining the adapter reruns the answers of
 dpo and dpo~<lambda>, never those of base (whose card does not change), and refitting the
 gate or moving gate.threshold reruns only the +gate models' answers.
 """
@@ -17,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from libra.config import ADAPTER_SCALE, GATE_SUFFIX, load_params
+from libra.config import ADAPTER_SCALE, load_params, split_gate
 from libra.errors import InputError, ParamsError
 from libra.io import sha256_file, write_json
 from libra.stage import entrypoint
@@ -42,7 +41,7 @@ def main() -> None:
     cfg = params.eval
     if args.model_name not in cfg.models:
         raise ParamsError(f"--model-name {args.model_name!r} is not in eval.models {cfg.models}; add it there")
-    name = args.model_name.removesuffix(GATE_SUFFIX)
+    name, gated = split_gate(args.model_name)
 
     if name == "base":
         card: dict[str, object] = {"model": name, "kind": "local", "adapter": None, "scale": 0.0}
@@ -52,7 +51,7 @@ def main() -> None:
                 "adapter_sha256": adapter_digest(Path(args.adapter))}  # fmt: skip
     else:
         card = {"model": name, "kind": "endpoint", "endpoint": cfg.endpoints[name].model_dump(mode="json")}
-    if name != args.model_name:
+    if gated:
         gate = Path(args.gate)
         if not gate.exists():
             raise InputError(f"{gate} does not exist; run `dvc repro gate` ({args.model_name} answers through the readout gate)")

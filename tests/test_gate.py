@@ -13,11 +13,11 @@ import polars as pl
 import pytest
 import yaml
 
-from libra.config import parse_params
+from libra.config import parse_params, split_gate
 from libra.errors import InputError
 from libra.eval.answer import load_policy
 from libra.eval.features import prompt_features
-from libra.eval.gate import GATE_REFUSAL, gate_of_card, gate_scores, gated_texts, load_gate, split_gate
+from libra.eval.gate import GATE_REFUSAL, gate_of_card, gate_scores, gated_texts, load_gate
 from libra.eval.gate_fit import save_gate, train_gate
 from libra.eval.judges.rules import judge
 from tests.conftest import ROOT, subprocess_env, tiny_raw

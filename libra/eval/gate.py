@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from libra.config import GATE_SUFFIX
 from libra.errors import InputError
 from libra.eval.features import prompt_features
 
@@ -32,13 +31,6 @@ GATE_REFUSAL = (
     "I can help with safety information, first aid, detection, or how such risks are regulated instead."
 )
 GATE_KEYS = frozenset({"probe", "layer", "hidden_states"})
-
-
-def split_gate(name: str) -> tuple[str, bool]:
-    """`dpo+gate` -> (`dpo`, True); `dpo` -> (`dpo`, False)."""
-    if name.endswith(GATE_SUFFIX):
-        return name[: -len(GATE_SUFFIX)], True
-    return name, False
 
 
 def load_gate(path: str | Path) -> dict[str, Any]:
