@@ -343,6 +343,12 @@ class GateParams(Section):
     )
     C: float = Field(0.05, gt=0, description="inverse L2 strength of its logistic regression (a few hundred prompts, 2 x hidden features)")
     threshold: float = Field(0.0, description="flag a prompt when its decision score exceeds this (0: the balanced boundary; higher withholds less)")
+    bank_wordings: int = Field(
+        2, ge=0, description="prompt bank: each training compound asked each task in this many training-only wordings (labels from seeds.policy, wordings rotated so all are used), beside every general-domain contrast prompt; 0: no bank"
+    )
+    general_share: float = Field(
+        0.25, gt=0, lt=1, description="share of the legitimate prompts' weight carried by general-domain prompts (the rest by chemistry ones); each label carries half"
+    )
 
     @field_validator("layer")
     @classmethod

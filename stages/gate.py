@@ -2,8 +2,10 @@
 
 Fit the readout gate (libra/eval/gate_fit.py): a class-balanced logistic probe on the base
 checkpoint's hidden state at one layer (gate.layer, or auto: the best grouped
-cross-validated AUC on the training prompts), fitted to the training prompts' labels. The
-suites are never read. Models named `<model>+gate` in eval.models answer through it: a
+cross-validated AUC on the training prompts), fitted to the training prompts' labels and,
+with gate.bank_wordings, to a prompt bank: every training compound asked each task in that
+many training-only wordings, labelled by seeds.policy, and every general-domain contrast prompt (weighted by
+gate.general_share). The suites are never read. Models named `<model>+gate` in eval.models answer through it: a
 prompt scoring above gate.threshold (recorded in their policy cards, not here) is withheld
 with a fixed refusal; the rest are answered by `<model>`. --metrics gets the chosen layer
 and every candidate layer's cross-validated safety, utility (at score 0) and AUC on the
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from libra.config import load_params
 from libra.eval.answer import load_policy
-from libra.eval.gate_fit import save_gate, train_gate
+from libra.eval.gate_fit import gate_prompt_bank, save_gate, train_gate
 from libra.eval.probe import default_layers, read_labelled
 from libra.io import write_json
 from libra.stage import entrypoint
@@ -37,7 +39,8 @@ def parse_args() -> argparse.Namespace:
 @entrypoint
 def main() -> None:
     args = parse_args()
-    cfg = load_params().gate
+    params = load_params()
+    cfg = params.gate
     threads = set_threads(0)
 
     # Load
@@ -47,15 +50,20 @@ def main() -> None:
     # Fit
     start = time.perf_counter()
     candidates = default_layers(int(model.config.num_hidden_layers))
-    gate, metrics = train_gate(model, tokenizer, train, layer=cfg.layer, C=cfg.C, candidates=candidates, source=f"training pairs {args.train}")
+    bank = gate_prompt_bank(train, params.seeds.policy, cfg.bank_wordings) if cfg.bank_wordings else None
+    gate, metrics = train_gate(
+        model, tokenizer, train, layer=cfg.layer, C=cfg.C, candidates=candidates, source=f"training pairs {args.train}",
+        bank=bank, general_share=cfg.general_share,
+    )
 
     # Save
     save_gate(gate, args.out)
     write_json({**metrics, "threads": threads, "wall_s": round(time.perf_counter() - start, 2)}, args.metrics)
     cv = metrics["train_cv"]
     print(
-        f"gate: layer {metrics['layer']} of {candidates if cfg.layer == 'auto' else [cfg.layer]}, {metrics['train_prompts']} "
-        f"training prompts, grouped CV safety {cv['safety']} / utility {cv['utility']} (AUC {cv['auc']}); wrote {args.out}"
+        f"gate: layer {metrics['layer']} of {candidates if cfg.layer == 'auto' else [cfg.layer]} (grouped CV on {metrics['train_prompts']} "
+        f"training prompts: safety {cv['safety']} / utility {cv['utility']}, AUC {cv['auc']}); fitted with {metrics['bank_prompts']} bank "
+        f"prompts ({metrics['bank_illegitimate']} illegitimate, {metrics['bank_general']} general-domain); wrote {args.out}"
     )
 
 

@@ -4,29 +4,83 @@ The layer is `gate.layer`, or with `auto` the candidate with the best grouped cr
 AUC on the training prompts (folds grouped by compound, so a compound is never on both
 sides). The suites are never read. The threshold is not part of the gate: the policy card of
 each `+gate` model records it (`stages/policy.py`), so moving it reruns only those answers.
+
+With `gate.bank_wordings` the probe at that layer is fitted on the training prompts and a
+prompt bank (`gate_prompt_bank`): every training compound asked each task in that many of the
+nineteen training-only wordings (`templates.training_wordings`), labelled by the seeds'
+policy table, and every general-domain contrast prompt (`contrast.all_contrast_prompts`) as
+legitimate. The gate reads prompts, not answers, so the bank costs one forward pass per
+prompt and no generation. The DPO pairs ask each task in a few wordings; the bank asks it in
+all nineteen across the compounds, so the probe learns the request from what is asked
+rather than from the shapes it saw. Weights
+keep the two labels balanced and give the general-domain prompts `gate.general_share` of the
+legitimate side, so the many chemistry prompts do not drown the contrast that keeps
+harmless general questions answered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from libra.errors import InputError
 from libra.eval.features import prompt_features
 from libra.eval.probe import grouped_cv_scores, groups_of, make_probe, rates
 
+GENERAL = "general"
+
+
+def gate_prompt_bank(train: pl.DataFrame, policy: Mapping[str, Mapping[str, str]], wordings: int) -> pl.DataFrame:
+    """Prompts for the gate beyond the training pairs: (prompt, label, compound_id, class), none of them in `train`.
+
+    Every compound of `train` whose class has a row in `policy` (class -> task -> label) is
+    asked each of the policy's tasks in `wordings` training-only wordings, rotated from one
+    compound and task to the next so that every wording is used; every contrast prompt is
+    added as a legitimate general-domain prompt."""
+    from libra.data.contrast import all_contrast_prompts
+    from libra.data.templates import training_wordings
+
+    rows: list[dict[str, Any]] = []
+    if {"compound", "compound_id", "class"} <= set(train.columns):
+        compounds = train.filter(pl.col("class").is_in(list(policy))).unique("compound_id", keep="first", maintain_order=True)
+        for i, c in enumerate(compounds.select("compound", "compound_id", "class").iter_rows(named=True)):
+            for j, (task, label) in enumerate(policy[c["class"]].items()):
+                pool = training_wordings(task)
+                for wording in [pool[(i * wordings + j + r) % len(pool)] for r in range(min(wordings, len(pool)))]:
+                    rows.append({"prompt": wording.format(compound=c["compound"]), "label": label, "compound_id": c["compound_id"], "class": c["class"]})
+    rows += [{"prompt": r["prompt"], "label": "legitimate", "compound_id": None, "class": GENERAL} for r in all_contrast_prompts()]
+    schema = {"prompt": pl.String, "label": pl.String, "compound_id": pl.String, "class": pl.String}
+    bank = pl.DataFrame(rows, schema=schema).unique("prompt", keep="first", maintain_order=True)
+    return bank.filter(~pl.col("prompt").is_in(train["prompt"].implode()))
+
+
+def gate_weights(y: np.ndarray, general: np.ndarray, general_share: float) -> np.ndarray:
+    """Per-prompt weights, mean 1: each label carries half; general-domain prompts carry `general_share` of the legitimate half.
+
+    Where the legitimate side has only general-domain or only chemistry prompts, its half is
+    spread evenly over them."""
+    weights = np.where(y, 0.5 / max(int(y.sum()), 1), 0.5 / max(int((~y).sum()), 1))
+    legit_general, legit_chem = ~y & general, ~y & ~general
+    if legit_general.any() and legit_chem.any() and 0.0 < general_share < 1.0:
+        weights[legit_general] = general_share * 0.5 / legit_general.sum()
+        weights[legit_chem] = (1.0 - general_share) * 0.5 / legit_chem.sum()
+    return weights / weights.mean()
+
 
 def train_gate(
     model: Any, tokenizer: Any, train: pl.DataFrame, *, layer: int | str, C: float, candidates: Sequence[int],
-    source: str = "the training pairs",
+    source: str = "the training pairs", bank: pl.DataFrame | None = None, general_share: float = 0.25,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit the gate on `train`'s prompts. Returns (the gate, to save with joblib; its metrics).
+    """Fit the gate on `train`'s prompts, and `bank`'s where given. Returns (the gate, to save with joblib; its metrics).
 
-    The metrics' cross-validated safety and utility are at score 0, the probe's own boundary
-    (`gate.threshold`'s default); AUC holds for every threshold."""
+    The layer is chosen on `train` alone. The metrics' cross-validated safety and utility
+    are at score 0, the probe's own boundary (`gate.threshold`'s default); AUC holds for
+    every threshold. `fit_cv` cross-validates the fitted recipe (training prompts and bank,
+    weighted, folds grouped by compound) and scores it on the training prompts."""
     train = train.unique("prompt", keep="first", maintain_order=True)
     y = (train["label"] == "illegitimate").to_numpy()
     if y.all() or not y.any():
@@ -41,12 +95,28 @@ def train_gate(
     scores = {v: grouped_cv_scores(features[:, i], y, groups, C=C, what=source) for i, v in enumerate(layers)}
     cv = {v: rates(scores[v], y) for v in layers}
     chosen = max(layers, key=lambda v: (cv[v]["auc"] or 0.0, -v))
-    probe = make_probe(C).fit(features[:, layers.index(chosen)], y)
+
+    x = features[:, layers.index(chosen)]
+    general = (train["class"] == GENERAL).fill_null(False).to_numpy() if "class" in train.columns else np.zeros(len(y), bool)
+    fit_groups = list(groups)
+    bank = bank if bank is not None else pl.DataFrame()
+    if bank.height:
+        x = np.concatenate([x, prompt_features(model, tokenizer, bank["prompt"].to_list(), layers=[chosen])[:, 0]])
+        y = np.concatenate([y, (bank["label"] == "illegitimate").to_numpy()])
+        general = np.concatenate([general, (bank["class"] == GENERAL).to_numpy()])
+        fit_groups += groups_of(bank)
+    weights = gate_weights(y, general, general_share)
+    probe = make_probe(C, balanced=False).fit(x, y, logisticregression__sample_weight=weights)
     gate = {"probe": probe, "layer": chosen, "hidden_states": n_states}
     metrics = {
         "layer": chosen, "layer_param": layer, "C": C, "cv_threshold": 0.0, "train_prompts": train.height,
-        "train_illegitimate": int(y.sum()), "train_cv_by_layer": {str(v): cv[v] for v in layers}, "train_cv": cv[chosen],
+        "train_illegitimate": int(y[: train.height].sum()), "train_cv_by_layer": {str(v): cv[v] for v in layers}, "train_cv": cv[chosen],
+        "bank_prompts": bank.height, "bank_illegitimate": int(y[train.height :].sum()), "bank_general": int(general[train.height :].sum()),
+        "general_share": general_share,
     }  # fmt: skip
+    if bank.height:
+        fit_scores = grouped_cv_scores(x, y, fit_groups, C=C, what=source, weights=weights)
+        metrics["fit_cv"] = rates(fit_scores[: train.height], y[: train.height])
     return gate, metrics
 
 

@@ -57,18 +57,20 @@ def read_labelled(path: Path, what: str) -> pl.DataFrame:
 PROBE_C = 0.05
 
 
-def make_probe(C: float = PROBE_C) -> Any:
-    """Standardised features, then a class-balanced L2 logistic regression."""
+def make_probe(C: float = PROBE_C, *, balanced: bool = True) -> Any:
+    """Standardised features, then an L2 logistic regression (class-balanced unless the caller passes sample weights)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     # Strong L2 by default: a few hundred prompts against 2 x hidden features.
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, class_weight="balanced"))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=5000, class_weight="balanced" if balanced else None))
 
 
-def grouped_cv_scores(x: np.ndarray, y: np.ndarray, groups: Sequence[str], C: float = PROBE_C, *, what: str = "the prompts") -> np.ndarray:
-    """Out-of-fold decision scores, folds grouped so a group is never on both sides."""
+def grouped_cv_scores(
+    x: np.ndarray, y: np.ndarray, groups: Sequence[str], C: float = PROBE_C, *, what: str = "the prompts", weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Out-of-fold decision scores, folds grouped so a group is never on both sides (fitted with `weights` where given)."""
     from sklearn.model_selection import GroupKFold
 
     folds = min(FOLDS, len(set(groups)))
@@ -82,7 +84,11 @@ def grouped_cv_scores(x: np.ndarray, y: np.ndarray, groups: Sequence[str], C: fl
         if len(set(y[train].tolist())) < 2:
             scores[held] = 0.0
             continue
-        scores[held] = make_probe(C).fit(x[train], y[train]).decision_function(x[held])
+        if weights is None:
+            probe = make_probe(C).fit(x[train], y[train])
+        else:
+            probe = make_probe(C, balanced=False).fit(x[train], y[train], logisticregression__sample_weight=weights[train])
+        scores[held] = probe.decision_function(x[held])
     return scores
 
 
