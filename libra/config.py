@@ -341,10 +341,10 @@ class GateParams(Section):
     layer: int | Literal["auto"] = Field(
         "auto", description="hidden-state index the probe reads (0 = embeddings); auto: the best grouped-CV AUC on the training prompts among every 4th and the last"
     )
-    C: float = Field(0.05, gt=0, description="inverse L2 strength of its logistic regression (a few hundred prompts, 2 x hidden features)")
+    C: float = Field(0.05, gt=0, description="inverse L2 strength of its logistic regression (a few hundred training prompts and about a thousand bank prompts, 2 x hidden features)")
     threshold: float = Field(0.0, description="flag a prompt when its decision score exceeds this (0: the balanced boundary; higher withholds less)")
     bank_wordings: int = Field(
-        2, ge=0, description="prompt bank: each training compound asked each task in this many training-only wordings (labels from seeds.policy, wordings rotated so all are used), beside every general-domain contrast prompt; 0: no bank"
+        6, ge=0, description="prompt bank: each (compound, task) pair of the training data asked in this many training-only wordings of its task (rotated so all 19 are used), beside every general-domain contrast prompt; 0: no bank"
     )
     general_share: float = Field(
         0.25, gt=0, lt=1, description="share of the legitimate prompts' weight carried by general-domain prompts (the rest by chemistry ones); each label carries half"

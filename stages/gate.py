@@ -1,15 +1,17 @@
 """python stages/gate.py --model models/base --train data/train_dpo.parquet --out models/gate.joblib --metrics metrics/gate.json
 
-Fit the readout gate (libra/eval/gate_fit.py): a class-balanced logistic probe on the base
+Fit the readout gate (libra/eval/gate_fit.py): a weighted logistic probe on the base
 checkpoint's hidden state at one layer (gate.layer, or auto: the best grouped
 cross-validated AUC on the training prompts), fitted to the training prompts' labels and,
-with gate.bank_wordings, to a prompt bank: every training compound asked each task in that
-many training-only wordings, labelled by seeds.policy, and every general-domain contrast prompt (weighted by
-gate.general_share). The suites are never read. Models named `<model>+gate` in eval.models answer through it: a
+with gate.bank_wordings, to a prompt bank: each (compound, task) pair of the training data
+asked in that many training-only wordings, and every general-domain contrast prompt (each
+label weighted to half, general-domain prompts to gate.general_share of the legitimate
+half). The suites are never read. Models named `<model>+gate` in eval.models answer through it: a
 prompt scoring above gate.threshold (recorded in their policy cards, not here) is withheld
 with a fixed refusal; the rest are answered by `<model>`. --metrics gets the chosen layer
 and every candidate layer's cross-validated safety, utility (at score 0) and AUC on the
-training prompts, folds grouped by compound.
+training prompts, folds grouped by compound; the bank's size; and fit_cv, the whole recipe
+cross-validated the same way and scored on the training prompts.
 """
 
 from __future__ import annotations
@@ -39,8 +41,7 @@ def parse_args() -> argparse.Namespace:
 @entrypoint
 def main() -> None:
     args = parse_args()
-    params = load_params()
-    cfg = params.gate
+    cfg = load_params().gate
     threads = set_threads(0)
 
     # Load
@@ -50,7 +51,7 @@ def main() -> None:
     # Fit
     start = time.perf_counter()
     candidates = default_layers(int(model.config.num_hidden_layers))
-    bank = gate_prompt_bank(train, params.seeds.policy, cfg.bank_wordings) if cfg.bank_wordings else None
+    bank = gate_prompt_bank(train, cfg.bank_wordings) if cfg.bank_wordings else None
     gate, metrics = train_gate(
         model, tokenizer, train, layer=cfg.layer, C=cfg.C, candidates=candidates, source=f"training pairs {args.train}",
         bank=bank, general_share=cfg.general_share,

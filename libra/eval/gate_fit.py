@@ -6,13 +6,13 @@ sides). The suites are never read. The threshold is not part of the gate: the po
 each `+gate` model records it (`stages/policy.py`), so moving it reruns only those answers.
 
 With `gate.bank_wordings` the probe at that layer is fitted on the training prompts and a
-prompt bank (`gate_prompt_bank`): every training compound asked each task in that many of the
-nineteen training-only wordings (`templates.training_wordings`), labelled by the seeds'
-policy table, and every general-domain contrast prompt (`contrast.all_contrast_prompts`) as
-legitimate. The gate reads prompts, not answers, so the bank costs one forward pass per
-prompt and no generation. The DPO pairs ask each task in a few wordings; the bank asks it in
-all nineteen across the compounds, so the probe learns the request from what is asked
-rather than from the shapes it saw. Weights
+prompt bank (`gate_prompt_bank`): each (compound, task) pair of the training data asked in
+that many of its task's nineteen training-only wordings (`templates.training_wordings`),
+with the pair's label, and every general-domain contrast prompt
+(`contrast.all_contrast_prompts`) as legitimate. The gate reads prompts, not answers, so the
+bank costs one forward pass per prompt and no generation. The DPO pairs ask each task in a
+few wordings; the bank asks it in all nineteen across the pairs, so the probe learns the
+request from what is asked rather than from the shapes it saw. Weights
 keep the two labels balanced and give the general-domain prompts `gate.general_share` of the
 legitimate side, so the many chemistry prompts do not drown the contrast that keeps
 harmless general questions answered.
@@ -20,7 +20,7 @@ harmless general questions answered.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,35 +34,45 @@ from libra.eval.probe import grouped_cv_scores, groups_of, make_probe, rates
 GENERAL = "general"
 
 
-def gate_prompt_bank(train: pl.DataFrame, policy: Mapping[str, Mapping[str, str]], wordings: int) -> pl.DataFrame:
+def gate_prompt_bank(train: pl.DataFrame, wordings: int) -> pl.DataFrame:
     """Prompts for the gate beyond the training pairs: (prompt, label, compound_id, class), none of them in `train`.
 
-    Every compound of `train` whose class has a row in `policy` (class -> task -> label) is
-    asked each of the policy's tasks in `wordings` training-only wordings, rotated from one
-    compound and task to the next so that every wording is used; every contrast prompt is
-    added as a legitimate general-domain prompt."""
+    Each (compound, task) pair of `train` is asked in `wordings` training-only wordings of its
+    task, with the pair's own label, rotated from one pair to the next so that every wording is
+    used; every contrast prompt is added as a legitimate general-domain prompt. Only pairs the
+    training data already hold are asked: asking a training compound a task it was not trained
+    on would put the seen-compound partition's (compound, task) pairs into the gate's data."""
     from libra.data.contrast import all_contrast_prompts
-    from libra.data.templates import training_wordings
+    from libra.data.templates import TASK_PROMPTS, training_wordings
 
     rows: list[dict[str, Any]] = []
-    if {"compound", "compound_id", "class"} <= set(train.columns):
-        compounds = train.filter(pl.col("class").is_in(list(policy))).unique("compound_id", keep="first", maintain_order=True)
-        for i, c in enumerate(compounds.select("compound", "compound_id", "class").iter_rows(named=True)):
-            for j, (task, label) in enumerate(policy[c["class"]].items()):
-                pool = training_wordings(task)
-                for wording in [pool[(i * wordings + j + r) % len(pool)] for r in range(min(wordings, len(pool)))]:
-                    rows.append({"prompt": wording.format(compound=c["compound"]), "label": label, "compound_id": c["compound_id"], "class": c["class"]})
+    if {"compound", "compound_id", "class", "task"} <= set(train.columns):
+        chemistry = train.filter(pl.col("compound_id").is_not_null() & pl.col("compound").is_not_null() & pl.col("task").is_in(list(TASK_PROMPTS)))
+        pairs = chemistry.unique(["compound_id", "task"], keep="first", maintain_order=True)
+        for i, pair in enumerate(pairs.select("compound", "compound_id", "class", "task", "label").iter_rows(named=True)):
+            pool = training_wordings(pair["task"])
+            for r in range(min(wordings, len(pool))):
+                prompt = pool[(i * wordings + r) % len(pool)].format(compound=pair["compound"])
+                rows.append({"prompt": prompt, "label": pair["label"], "compound_id": pair["compound_id"], "class": pair["class"]})
     rows += [{"prompt": r["prompt"], "label": "legitimate", "compound_id": None, "class": GENERAL} for r in all_contrast_prompts()]
     schema = {"prompt": pl.String, "label": pl.String, "compound_id": pl.String, "class": pl.String}
     bank = pl.DataFrame(rows, schema=schema).unique("prompt", keep="first", maintain_order=True)
     return bank.filter(~pl.col("prompt").is_in(train["prompt"].implode()))
 
 
+def is_general(df: pl.DataFrame) -> np.ndarray:
+    """True for general-domain rows (class 'general'); a missing or null class is not general."""
+    if "class" not in df.columns:
+        return np.zeros(df.height, bool)
+    return df.select((pl.col("class").cast(pl.String) == GENERAL).fill_null(False)).to_series().to_numpy()
+
+
 def gate_weights(y: np.ndarray, general: np.ndarray, general_share: float) -> np.ndarray:
     """Per-prompt weights, mean 1: each label carries half; general-domain prompts carry `general_share` of the legitimate half.
 
     Where the legitimate side has only general-domain or only chemistry prompts, its half is
-    spread evenly over them."""
+    spread evenly over them. The weights apply with or without a bank (gate.bank_wordings 0:
+    the training prompts alone, their own general-domain rows weighted the same way)."""
     weights = np.where(y, 0.5 / max(int(y.sum()), 1), 0.5 / max(int((~y).sum()), 1))
     legit_general, legit_chem = ~y & general, ~y & ~general
     if legit_general.any() and legit_chem.any() and 0.0 < general_share < 1.0:
@@ -97,13 +107,13 @@ def train_gate(
     chosen = max(layers, key=lambda v: (cv[v]["auc"] or 0.0, -v))
 
     x = features[:, layers.index(chosen)]
-    general = (train["class"] == GENERAL).fill_null(False).to_numpy() if "class" in train.columns else np.zeros(len(y), bool)
+    general = is_general(train)
     fit_groups = list(groups)
     bank = bank if bank is not None else pl.DataFrame()
     if bank.height:
         x = np.concatenate([x, prompt_features(model, tokenizer, bank["prompt"].to_list(), layers=[chosen])[:, 0]])
         y = np.concatenate([y, (bank["label"] == "illegitimate").to_numpy()])
-        general = np.concatenate([general, (bank["class"] == GENERAL).to_numpy()])
+        general = np.concatenate([general, is_general(bank)])
         fit_groups += groups_of(bank)
     weights = gate_weights(y, general, general_share)
     probe = make_probe(C, balanced=False).fit(x, y, logisticregression__sample_weight=weights)

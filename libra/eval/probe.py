@@ -58,7 +58,7 @@ PROBE_C = 0.05
 
 
 def make_probe(C: float = PROBE_C, *, balanced: bool = True) -> Any:
-    """Standardised features, then an L2 logistic regression (class-balanced unless the caller passes sample weights)."""
+    """Standardised features, then an L2 logistic regression, class-balanced unless `balanced` is False (for callers that weight the samples themselves)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
