@@ -28,7 +28,7 @@ from libra.data import eval_templates
 from libra.data.contrast import all_contrast_prompts
 from libra.data.framings import KINDS, framed_prompt
 from libra.data.rephrase import _FEW_SHOT, _REPHRASE_INSTRUCTION, PLACEHOLDER
-from libra.data.templates import TASK_PROMPTS, TASK_VARIANTS
+from libra.data.templates import TASK_PROMPTS, training_wordings
 from libra.eval.overlap import ngrams, overlap_share, overlapping
 from libra.eval.suites import SuiteSpec, build_in_domain, build_xstest, read_xstest
 
@@ -93,7 +93,8 @@ def pipeline_training_prompts(compounds: pl.DataFrame, params) -> tuple[pl.DataF
             framed = framed_prompt(kind, row, m["smiles"], m["cas"])
             if framed:
                 prompts.append(framed)
-        prompts += [t.format(compound=row["compound"]) for t in TASK_VARIANTS[row["task"]]]
+        # every training-only wording of its task: augment's rewordings and the gate's prompt bank draw on these
+        prompts += [t.format(compound=row["compound"]) for t in training_wordings(row["task"])]
     prompts += [r["prompt"] for r in all_contrast_prompts()]
     prompts += [text for pair in _FEW_SHOT for text in pair]
     return train, test, prompts
