@@ -29,7 +29,7 @@ import polars as pl
 
 from libra.errors import InputError
 from libra.eval.features import prompt_features
-from libra.eval.probe import grouped_cv_scores, groups_of, make_probe, rates
+from libra.eval.probe import fit_probe, grouped_cv_scores, groups_of, rates
 
 GENERAL = "general"
 
@@ -116,7 +116,7 @@ def train_gate(
         general = np.concatenate([general, is_general(bank)])
         fit_groups += groups_of(bank)
     weights = gate_weights(y, general, general_share)
-    probe = make_probe(C, balanced=False).fit(x, y, logisticregression__sample_weight=weights)
+    probe = fit_probe(x, y, C, weights)
     gate = {"probe": probe, "layer": chosen, "hidden_states": n_states}
     metrics = {
         "layer": chosen, "layer_param": layer, "C": C, "cv_threshold": 0.0, "train_prompts": train.height,
