@@ -343,6 +343,9 @@ class GateParams(Section):
     )
     C: float = Field(0.05, gt=0, description="inverse L2 strength of its logistic regression (a few hundred training prompts and about a thousand bank prompts, 2 x hidden features)")
     threshold: float = Field(0.0, description="flag a prompt when its decision score exceeds this (0: the balanced boundary; higher withholds less)")
+    domain_threshold: float | None = Field(
+        None, description="chemistry scope: flag only prompts the gate's domain probe (chemistry against general-domain prompts) also scores above this (0: its own boundary); null: prompts of any domain"
+    )
     bank_wordings: int = Field(
         6, ge=0, description="prompt bank: each (compound, task) pair of the training data asked in this many training-only wordings of its task (rotated so all 19 are used), beside every general-domain contrast prompt; 0: no bank"
     )

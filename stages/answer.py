@@ -29,7 +29,7 @@ from libra.errors import ParamsError
 from libra.eval.answer import (
     adapter_scale, answer_endpoint, answer_rows, generate, load_policy, read_suite, unique_prompts,
 )  # fmt: skip
-from libra.eval.gate import gate_of_card, gate_scores, gated_texts, load_gate
+from libra.eval.gate import gate_flags, gate_of_card, gated_texts, load_gate
 from libra.io import read_parquet, write_json, write_parquet
 from libra.stage import entrypoint
 from libra.train.precision import choose_precision
@@ -69,12 +69,13 @@ def main() -> None:
     threads = set_threads(0)
     flagged = np.zeros(prompts.height, dtype=bool)
     if gated:
-        gate_path, threshold = gate_of_card(args.policy, args.model_name)
+        gate_path, threshold, domain_threshold = gate_of_card(args.policy, args.model_name)
         gate = load_gate(gate_path)
         gate_model, gate_tokenizer = load_policy(args.base)  # fp32, as the gate stage read it
-        flagged = gate_scores(gate, gate_model, gate_tokenizer, prompts["prompt"].to_list()) > threshold
+        flagged = gate_flags(gate, gate_model, gate_tokenizer, prompts["prompt"].to_list(), threshold=threshold, domain_threshold=domain_threshold)
         del gate_model
-        print(f"answer: the gate withholds {int(flagged.sum())} of {prompts.height} prompts (layer {gate['layer']}, threshold {threshold})")
+        scope = "any domain" if domain_threshold is None else f"chemistry scope, domain threshold {domain_threshold}"
+        print(f"answer: the gate withholds {int(flagged.sum())} of {prompts.height} prompts (layer {gate['layer']}, threshold {threshold}, {scope})")
 
     # Answer
     if scale is not None:

@@ -55,7 +55,8 @@ def main() -> None:
         gate = Path(args.gate)
         if not gate.exists():
             raise InputError(f"{gate} does not exist; run `dvc repro gate` ({args.model_name} answers through the readout gate)")
-        card |= {"model": args.model_name, "gate": str(gate), "gate_sha256": sha256_file(gate), "gate_threshold": params.gate.threshold}
+        card |= {"model": args.model_name, "gate": str(gate), "gate_sha256": sha256_file(gate), "gate_threshold": params.gate.threshold,
+                 "gate_domain_threshold": params.gate.domain_threshold}  # fmt: skip
     write_json(card, args.out)
     print(f"policy: {args.model_name} -> {args.out}")
 

@@ -17,7 +17,7 @@ from libra.config import parse_params, split_gate
 from libra.errors import InputError
 from libra.eval.answer import load_policy
 from libra.eval.features import prompt_features
-from libra.eval.gate import GATE_REFUSAL, gate_of_card, gate_scores, gated_texts, load_gate
+from libra.eval.gate import GATE_REFUSAL, gate_flags, gate_of_card, gate_scores, gated_texts, load_gate
 from libra.eval.gate_fit import save_gate, train_gate
 from libra.eval.judges.rules import judge
 from tests.conftest import ROOT, subprocess_env, tiny_raw
@@ -158,7 +158,13 @@ def test_gate_model_names_in_params_and_policy_cards(gated_project: tuple[Path, 
     assert proc.returncode == 0, proc.stderr
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["model"] == "dpo+gate" and card["scale"] == 1.0 and len(card["gate_sha256"]) == 64 and card["adapter_sha256"]
-    assert card["gate_threshold"] == 0.0 and gate_of_card(tmp_path / "card.json", "dpo+gate") == (tmp_path / "g.joblib", 0.0)
+    assert card["gate_threshold"] == 0.0 and card["gate_domain_threshold"] is None
+    assert gate_of_card(tmp_path / "card.json", "dpo+gate") == (tmp_path / "g.joblib", 0.0, None)
+    # A card written before the chemistry scope existed reads as any domain; a set scope is read back.
+    (tmp_path / "old.json").write_text(json.dumps({k: v for k, v in card.items() if k != "gate_domain_threshold"}))
+    assert gate_of_card(tmp_path / "old.json", "dpo+gate")[2] is None
+    (tmp_path / "scoped.json").write_text(json.dumps({**card, "gate_domain_threshold": 0.5}))
+    assert gate_of_card(tmp_path / "scoped.json", "dpo+gate")[2] == 0.5
     # The answer stage refuses a gate that is not the one its card was written for, and a card with no gate.
     (tmp_path / "g.joblib").write_bytes(b"another gate")
     with pytest.raises(InputError, match=r"is not the gate .* rerun `dvc repro policy@dpo\+gate`"):
@@ -238,5 +244,33 @@ def test_gate_fitted_with_the_bank_reports_it(tiny_base: Path) -> None:
     assert metrics["bank_illegitimate"] == bank.filter(pl.col("label") == "illegitimate").height > 0
     assert metrics["train_illegitimate"] == train.filter(pl.col("label") == "illegitimate").height
     assert metrics["fit_cv"]["n"] == train.height
-    _, without = train_gate(model, tokenizer, toy, layer=2, C=0.05, candidates=[2])
+    # The domain probe: chemistry against the general-domain prompts, on the same rows.
+    assert gate["domain_probe"] is not None and metrics["domain_cv"]["n"] == train.height + bank.height
+    without_gate, without = train_gate(model, tokenizer, toy, layer=2, C=0.05, candidates=[2])
     assert without["bank_prompts"] == 0 and "fit_cv" not in without
+    assert without_gate["domain_probe"] is None and "domain_cv" not in without  # no general-domain prompt: no domain probe
+
+    # The chemistry scope withholds a subset of what the gate alone withholds: all of it at a very low domain threshold, none at a very high one.
+    prompts = train["prompt"].to_list() + bank["prompt"].to_list()[:12]
+    alone = gate_flags(gate, model, tokenizer, prompts, threshold=0.0)
+    assert np.array_equal(alone, gate_scores(gate, model, tokenizer, prompts) > 0.0) and alone.any()
+    assert np.array_equal(gate_flags(gate, model, tokenizer, prompts, threshold=0.0, domain_threshold=-1e9), alone)
+    assert not gate_flags(gate, model, tokenizer, prompts, threshold=0.0, domain_threshold=1e9).any()
+    scoped = gate_flags(gate, model, tokenizer, prompts, threshold=0.0, domain_threshold=0.0)
+    domain = gate["domain_probe"].decision_function(prompt_features(model, tokenizer, prompts, layers=[2])[:, 0])
+    assert np.array_equal(scoped, alone & (domain > 0.0))
+    with pytest.raises(InputError, match=r"^gate.domain_threshold is set but this gate has no domain probe .* rerun `dvc repro gate`"):
+        gate_flags(without_gate, model, tokenizer, prompts, threshold=0.0, domain_threshold=0.0)
+
+
+def test_gate_cv_groups_keep_a_contrast_items_framings_together() -> None:
+    from libra.data.contrast import all_contrast_prompts
+    from libra.eval.gate_fit import gate_groups
+
+    rows = all_contrast_prompts()
+    item = rows[0]["item"]
+    framings = [r["prompt"] for r in rows if r["item"] == item]
+    df = pl.DataFrame({"prompt": [*framings, "Something unrelated?", "How can I make sarin?"], "compound_id": [None] * (len(framings) + 1) + ["id-sarin"]})
+    groups = gate_groups(df)
+    assert len(framings) > 1 and set(groups[: len(framings)]) == {f"contrast:{item}"}
+    assert groups[-2:] == ["prompt:Something unrelated?", "id-sarin"]

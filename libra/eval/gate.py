@@ -6,7 +6,10 @@ answers do. The gate is that probe, fitted by the `gate` stage (`libra/eval/gate
 `data/train_dpo.parquet`, never on a suite, and used by the models named `<model>+gate`
 (`base+gate`, `dpo+gate`, `dpo~0.5+gate`): a prompt whose score exceeds the policy card's
 threshold (`gate.threshold`) gets `GATE_REFUSAL` instead of a generated answer; every other
-prompt is answered by `<model>` as usual.
+prompt is answered by `<model>` as usual. With `gate.domain_threshold` set (the chemistry
+scope), a prompt is withheld only if the gate's second probe, chemistry prompts against the
+general-domain contrast prompts, also scores it above that: the gate then leaves
+general-domain requests to `<model>`, whatever words they use.
 
 The probe's features are `features.prompt_features` of the base checkpoint in fp32 (the last
 prompt token's state beside the prompt's token mean) at the hidden-state index the gate
@@ -48,8 +51,8 @@ def load_gate(path: str | Path) -> dict[str, Any]:
     return gate
 
 
-def gate_of_card(card_path: str | Path | None, model_name: str) -> tuple[Path, float]:
-    """The gate file and threshold a +gate model's policy card names, the file checked against the card's hash."""
+def gate_of_card(card_path: str | Path | None, model_name: str) -> tuple[Path, float, float | None]:
+    """The gate file, threshold and domain threshold (None: any domain) a +gate model's policy card names, the file checked against the card's hash."""
     import json
 
     from libra.io import sha256_file
@@ -64,19 +67,36 @@ def gate_of_card(card_path: str | Path | None, model_name: str) -> tuple[Path, f
     gate = Path(card["gate"])
     if not gate.exists() or sha256_file(gate) != card["gate_sha256"]:
         raise InputError(f"{gate} is not the gate {card_path} was written for; rerun `dvc repro policy@{model_name}`")
-    return gate, float(card["gate_threshold"])
+    domain = card.get("gate_domain_threshold")
+    return gate, float(card["gate_threshold"]), None if domain is None else float(domain)
 
 
-def gate_scores(gate: dict[str, Any], base_model: Any, tokenizer: Any, prompts: Sequence[str]) -> np.ndarray:
-    """The probe's decision score of each prompt, read off the base checkpoint."""
+def _gate_features(gate: dict[str, Any], base_model: Any, tokenizer: Any, prompts: Sequence[str]) -> np.ndarray:
     n_states = int(base_model.config.num_hidden_layers) + 1
     if gate["hidden_states"] != n_states:
         raise InputError(
             f"the gate was trained on a model with {gate['hidden_states']} hidden states, this base has {n_states}; "
             "rerun `dvc repro gate` on this base model"
         )
-    features = prompt_features(base_model, tokenizer, list(prompts), layers=[gate["layer"]])
-    return np.asarray(gate["probe"].decision_function(features[:, 0]))
+    return prompt_features(base_model, tokenizer, list(prompts), layers=[gate["layer"]])[:, 0]
+
+
+def gate_scores(gate: dict[str, Any], base_model: Any, tokenizer: Any, prompts: Sequence[str]) -> np.ndarray:
+    """The probe's decision score of each prompt, read off the base checkpoint."""
+    return np.asarray(gate["probe"].decision_function(_gate_features(gate, base_model, tokenizer, prompts)))
+
+
+def gate_flags(
+    gate: dict[str, Any], base_model: Any, tokenizer: Any, prompts: Sequence[str], *, threshold: float, domain_threshold: float | None = None
+) -> np.ndarray:
+    """True for each prompt the gate withholds: its score above `threshold` and, with a domain threshold, its domain score above that."""
+    features = _gate_features(gate, base_model, tokenizer, prompts)
+    flagged = np.asarray(gate["probe"].decision_function(features)) > threshold
+    if domain_threshold is not None:
+        if gate.get("domain_probe") is None:
+            raise InputError("gate.domain_threshold is set but this gate has no domain probe (it was fitted without general-domain prompts, or before the chemistry scope existed); rerun `dvc repro gate`, or set gate.domain_threshold to null")
+        flagged &= np.asarray(gate["domain_probe"].decision_function(features)) > domain_threshold
+    return flagged
 
 
 def gated_texts(texts_for: Callable[[list[str]], list[str]], prompts: Sequence[str], flagged: np.ndarray) -> list[str]:

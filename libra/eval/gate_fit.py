@@ -16,6 +16,13 @@ request from what is asked rather than from the shapes it saw. Weights
 keep the two labels balanced and give the general-domain prompts `gate.general_share` of the
 legitimate side, so the many chemistry prompts do not drown the contrast that keeps
 harmless general questions answered.
+
+Beside it, on the same features, a domain probe is fitted: chemistry prompts against the
+general-domain ones (class `general`: the contrast prompts). It is read only where
+`gate.domain_threshold` is set (the chemistry scope, `libra/eval/gate.py`).
+
+In every cross-validation here a contrast item's framings share a fold (`gate_groups`), as a
+compound's prompts do, so no framing of a held-out item is trained on.
 """
 
 from __future__ import annotations
@@ -60,6 +67,14 @@ def gate_prompt_bank(train: pl.DataFrame, wordings: int) -> pl.DataFrame:
     return bank.filter(~pl.col("prompt").is_in(train["prompt"].implode()))
 
 
+def gate_groups(df: pl.DataFrame) -> list[str]:
+    """CV groups: a compound's id; for a general-domain contrast prompt, its contrast item (all its framings); else the prompt."""
+    from libra.data.contrast import all_contrast_prompts
+
+    item_of = {r["prompt"]: r["item"] for r in all_contrast_prompts()}
+    return [g if not g.startswith("prompt:") or g[7:] not in item_of else f"contrast:{item_of[g[7:]]}" for g in groups_of(df)]
+
+
 def is_general(df: pl.DataFrame) -> np.ndarray:
     """True for general-domain rows (class 'general'); a missing or null class is not general."""
     if "class" not in df.columns:
@@ -90,7 +105,8 @@ def train_gate(
     The layer is chosen on `train` alone. The metrics' cross-validated safety and utility
     are at score 0, the probe's own boundary (`gate.threshold`'s default); AUC holds for
     every threshold. `fit_cv` cross-validates the fitted recipe (training prompts and bank,
-    weighted, folds grouped by compound) and scores it on the training prompts."""
+    weighted, folds grouped by compound) and scores it on the training prompts; `domain_cv`
+    cross-validates the domain probe on the same rows."""
     train = train.unique("prompt", keep="first", maintain_order=True)
     y = (train["label"] == "illegitimate").to_numpy()
     if y.all() or not y.any():
@@ -101,7 +117,7 @@ def train_gate(
     if bad or not layers:
         raise InputError(f"gate.layer {layer!r}: the base model has hidden states 0..{n_states - 1} (0 is the embeddings); use auto or one of them")
     features = prompt_features(model, tokenizer, train["prompt"].to_list(), layers=layers)
-    groups = groups_of(train)
+    groups = gate_groups(train)
     scores = {v: grouped_cv_scores(features[:, i], y, groups, C=C, what=source) for i, v in enumerate(layers)}
     cv = {v: rates(scores[v], y) for v in layers}
     chosen = max(layers, key=lambda v: (cv[v]["auc"] or 0.0, -v))
@@ -114,10 +130,12 @@ def train_gate(
         x = np.concatenate([x, prompt_features(model, tokenizer, bank["prompt"].to_list(), layers=[chosen])[:, 0]])
         y = np.concatenate([y, (bank["label"] == "illegitimate").to_numpy()])
         general = np.concatenate([general, is_general(bank)])
-        fit_groups += groups_of(bank)
+        fit_groups += gate_groups(bank)
     weights = gate_weights(y, general, general_share)
     probe = fit_probe(x, y, C, weights)
-    gate = {"probe": probe, "layer": chosen, "hidden_states": n_states}
+    chemistry = ~general
+    domain_probe = fit_probe(x, chemistry, C) if general.any() and chemistry.any() else None
+    gate = {"probe": probe, "domain_probe": domain_probe, "layer": chosen, "hidden_states": n_states}
     metrics = {
         "layer": chosen, "layer_param": layer, "C": C, "cv_threshold": 0.0, "train_prompts": train.height,
         "train_illegitimate": int(y[: train.height].sum()), "train_cv_by_layer": {str(v): cv[v] for v in layers}, "train_cv": cv[chosen],
@@ -127,6 +145,9 @@ def train_gate(
     if bank.height:
         fit_scores = grouped_cv_scores(x, y, fit_groups, C=C, what=source, weights=weights)
         metrics["fit_cv"] = rates(fit_scores[: train.height], y[: train.height])
+    if domain_probe is not None:
+        # safety here: chemistry prompts read as chemistry; utility: general-domain prompts read as general
+        metrics["domain_cv"] = rates(grouped_cv_scores(x, chemistry, fit_groups, C=C, what=source), chemistry)
     return gate, metrics
 
 
