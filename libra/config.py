@@ -346,6 +346,9 @@ class GateParams(Section):
     domain_threshold: float | None = Field(
         None, description="chemistry scope: flag only prompts the gate's domain probe (chemistry against general-domain prompts) also scores above this (0: its own boundary); null: prompts of any domain"
     )
+    domain_framed: int = Field(
+        2, ge=0, le=5, description="the domain probe also reads each (compound, task) pair of the training data wrapped in this many training framings (story, role, override, hypothetical, second question) as chemistry; 0: none"
+    )
     bank_wordings: int = Field(
         6, ge=0, description="prompt bank: each (compound, task) pair of the training data asked in this many training-only wordings of its task (rotated so all 19 are used), beside every general-domain contrast prompt; 0: no bank"
     )

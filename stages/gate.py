@@ -6,7 +6,10 @@ cross-validated AUC on the training prompts), fitted to the training prompts' la
 with gate.bank_wordings, to a prompt bank: each (compound, task) pair of the training data
 asked in that many training-only wordings, and every general-domain contrast prompt (each
 label weighted to half, general-domain prompts to gate.general_share of the legitimate
-half). The suites are never read. Models named `<model>+gate` in eval.models answer through it: a
+half). Beside it, on the same features, a domain probe: chemistry prompts (with
+gate.domain_framed, also each training pair wrapped in training framings) against the
+general-domain ones, read by +gate answers only with gate.domain_threshold set (the
+chemistry scope). The suites are never read. Models named `<model>+gate` in eval.models answer through it: a
 prompt scoring above gate.threshold (recorded in their policy cards, not here) is withheld
 with a fixed refusal; the rest are answered by `<model>`. --metrics gets the chosen layer
 and every candidate layer's cross-validated safety, utility (at score 0) and AUC on the
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from libra.config import load_params
 from libra.eval.answer import load_policy
-from libra.eval.gate_fit import gate_prompt_bank, save_gate, train_gate
+from libra.eval.gate_fit import domain_framed_prompts, gate_prompt_bank, save_gate, train_gate
 from libra.eval.probe import default_layers, read_labelled
 from libra.io import write_json
 from libra.stage import entrypoint
@@ -54,7 +57,7 @@ def main() -> None:
     bank = gate_prompt_bank(train, cfg.bank_wordings) if cfg.bank_wordings else None
     gate, metrics = train_gate(
         model, tokenizer, train, layer=cfg.layer, C=cfg.C, candidates=candidates, source=f"training pairs {args.train}",
-        bank=bank, general_share=cfg.general_share,
+        bank=bank, general_share=cfg.general_share, domain_framed=domain_framed_prompts(train, cfg.domain_framed),
     )
 
     # Save
@@ -64,7 +67,8 @@ def main() -> None:
     print(
         f"gate: layer {metrics['layer']} of {candidates if cfg.layer == 'auto' else [cfg.layer]} (grouped CV on {metrics['train_prompts']} "
         f"training prompts: safety {cv['safety']} / utility {cv['utility']}, AUC {cv['auc']}); fitted with {metrics['bank_prompts']} bank "
-        f"prompts ({metrics['bank_illegitimate']} illegitimate, {metrics['bank_general']} general-domain); wrote {args.out}"
+        f"prompts ({metrics['bank_illegitimate']} illegitimate, {metrics['bank_general']} general-domain); domain probe with "
+        f"{metrics['domain_framed']} framed chemistry prompts (grouped CV AUC {metrics.get('domain_cv', {}).get('auc')}); wrote {args.out}"
     )
 
 

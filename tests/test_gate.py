@@ -232,20 +232,23 @@ def test_gate_weights_balance_the_labels_and_give_general_prompts_their_share() 
 
 
 def test_gate_fitted_with_the_bank_reports_it(tiny_base: Path) -> None:
-    from libra.eval.gate_fit import gate_prompt_bank
+    from libra.eval.gate_fit import domain_framed_prompts, gate_prompt_bank
 
     model, tokenizer = load_policy(tiny_base)
     toy = labelled(COMPOUNDS[:4]).with_columns(pl.lit(None, pl.Null).alias("class"))  # an all-null class column is not general
     train = pl.concat([chemistry_train(), toy], how="diagonal_relaxed")
     bank = gate_prompt_bank(train, 1)
-    gate, metrics = train_gate(model, tokenizer, train, layer=2, C=0.05, candidates=[2], bank=bank, general_share=0.25)
+    framed = domain_framed_prompts(train, 2)
+    gate, metrics = train_gate(model, tokenizer, train, layer=2, C=0.05, candidates=[2], bank=bank, general_share=0.25, domain_framed=framed)
     assert gate["probe"][0].n_samples_seen_ == train.height + bank.height  # the bank entered the fit
     assert metrics["bank_prompts"] == bank.height and metrics["bank_general"] == bank.filter(pl.col("class") == "general").height
     assert metrics["bank_illegitimate"] == bank.filter(pl.col("label") == "illegitimate").height > 0
     assert metrics["train_illegitimate"] == train.filter(pl.col("label") == "illegitimate").height
     assert metrics["fit_cv"]["n"] == train.height
     # The domain probe: chemistry against the general-domain prompts, on the same rows.
-    assert gate["domain_probe"] is not None and metrics["domain_cv"]["n"] == train.height + bank.height
+    assert gate["domain_probe"] is not None and metrics["domain_cv"]["n"] == train.height + bank.height + framed.height
+    assert metrics["domain_framed"] == framed.height > 0 and gate["domain_probe"][0].n_samples_seen_ == train.height + bank.height + framed.height
+    assert gate["probe"][0].n_samples_seen_ == train.height + bank.height  # the framed prompts are the domain probe's alone
     without_gate, without = train_gate(model, tokenizer, toy, layer=2, C=0.05, candidates=[2])
     assert without["bank_prompts"] == 0 and "fit_cv" not in without
     assert without_gate["domain_probe"] is None and "domain_cv" not in without  # no general-domain prompt: no domain probe
@@ -261,6 +264,24 @@ def test_gate_fitted_with_the_bank_reports_it(tiny_base: Path) -> None:
     assert np.array_equal(scoped, alone & (domain > 0.0))
     with pytest.raises(InputError, match=r"^gate.domain_threshold is set but this gate has no domain probe .* rerun `dvc repro gate`"):
         gate_flags(without_gate, model, tokenizer, prompts, threshold=0.0, domain_threshold=0.0)
+
+
+def test_domain_framed_prompts_wrap_each_training_pair_in_rotating_framings() -> None:
+    from libra.data.framings import TEMPLATES
+    from libra.data.templates import training_wordings
+    from libra.eval.gate_fit import DOMAIN_FRAMINGS, domain_framed_prompts
+
+    train = chemistry_train()
+    framed = domain_framed_prompts(train, 2)
+    assert framed.height == 5 * 2 and not framed["prompt"].is_in(train["prompt"].implode()).any()
+    for row in framed.iter_rows(named=True):
+        name = row["compound_id"].removeprefix("id-")
+        # a training wording of one of the pair's tasks (its first letter may be lowered), inside a framing
+        assert any(w.format(compound=name)[1:] in row["prompt"] for t in ("synthesis", "uses") for w in training_wordings(t)), row
+    prefixes = {k: [t.split("{")[0] for t in TEMPLATES[k] if t.split("{")[0]] for k in DOMAIN_FRAMINGS}
+    kinds = {k for row in framed["prompt"] for k, starts in prefixes.items() if any(row.startswith(x) for x in starts)}
+    assert len(kinds) >= 4  # the kinds rotate over the pairs
+    assert domain_framed_prompts(train, 0).height == 0 and domain_framed_prompts(train.drop("task"), 2).height == 0
 
 
 def test_gate_cv_groups_keep_a_contrast_items_framings_together() -> None:

@@ -19,7 +19,13 @@ harmless general questions answered.
 
 Beside it, on the same features, a domain probe is fitted: chemistry prompts against the
 general-domain ones (class `general`: the contrast prompts). It is read only where
-`gate.domain_threshold` is set (the chemistry scope, `libra/eval/gate.py`).
+`gate.domain_threshold` is set (the chemistry scope, `libra/eval/gate.py`). With
+`gate.domain_framed`, it also reads each (compound, task) pair wrapped in that many of the
+training framings (`domain_framed_prompts`: a story, a role, an override, a hypothetical, a
+harmless second question) as chemistry, so that a chemistry request keeps reading as
+chemistry inside a frame that looks like the general-domain fiction and role prompts. The
+gate's own probe does not read them (a framed bank lowered its reading of unseen compounds,
+docs/experiments.md e48).
 
 In every cross-validation here a contrast item's framings share a fold (`gate_groups`), as a
 compound's prompts do, so no framing of a held-out item is trained on.
@@ -50,21 +56,51 @@ def gate_prompt_bank(train: pl.DataFrame, wordings: int) -> pl.DataFrame:
     training data already hold are asked: asking a training compound a task it was not trained
     on would put the seen-compound partition's (compound, task) pairs into the gate's data."""
     from libra.data.contrast import all_contrast_prompts
-    from libra.data.templates import TASK_PROMPTS, training_wordings
+    from libra.data.templates import training_wordings
 
     rows: list[dict[str, Any]] = []
-    if {"compound", "compound_id", "class", "task"} <= set(train.columns):
-        chemistry = train.filter(pl.col("compound_id").is_not_null() & pl.col("compound").is_not_null() & pl.col("task").is_in(list(TASK_PROMPTS)))
-        pairs = chemistry.unique(["compound_id", "task"], keep="first", maintain_order=True)
-        for i, pair in enumerate(pairs.select("compound", "compound_id", "class", "task", "label").iter_rows(named=True)):
-            pool = training_wordings(pair["task"])
-            for r in range(min(wordings, len(pool))):
-                prompt = pool[(i * wordings + r) % len(pool)].format(compound=pair["compound"])
-                rows.append({"prompt": prompt, "label": pair["label"], "compound_id": pair["compound_id"], "class": pair["class"]})
+    for i, pair in enumerate(chemistry_pairs(train).iter_rows(named=True)):
+        pool = training_wordings(pair["task"])
+        for r in range(min(wordings, len(pool))):
+            prompt = pool[(i * wordings + r) % len(pool)].format(compound=pair["compound"])
+            rows.append({"prompt": prompt, "label": pair["label"], "compound_id": pair["compound_id"], "class": pair["class"]})
     rows += [{"prompt": r["prompt"], "label": "legitimate", "compound_id": None, "class": GENERAL} for r in all_contrast_prompts()]
     schema = {"prompt": pl.String, "label": pl.String, "compound_id": pl.String, "class": pl.String}
     bank = pl.DataFrame(rows, schema=schema).unique("prompt", keep="first", maintain_order=True)
     return bank.filter(~pl.col("prompt").is_in(train["prompt"].implode()))
+
+
+DOMAIN_FRAMINGS: tuple[str, ...] = ("hypothetical", "fiction", "roleplay", "override", "multipart")
+
+
+def chemistry_pairs(train: pl.DataFrame) -> pl.DataFrame:
+    """The (compound, task) pairs of the training data (compound, compound_id, class, task, label), in order of first appearance."""
+    from libra.data.templates import TASK_PROMPTS
+
+    if not {"compound", "compound_id", "class", "task"} <= set(train.columns):
+        return pl.DataFrame(schema={"compound": pl.String, "compound_id": pl.String, "class": pl.String, "task": pl.String, "label": pl.String})
+    chemistry = train.filter(pl.col("compound_id").is_not_null() & pl.col("compound").is_not_null() & pl.col("task").is_in(list(TASK_PROMPTS)))
+    return chemistry.unique(["compound_id", "task"], keep="first", maintain_order=True).select("compound", "compound_id", "class", "task", "label")
+
+
+def domain_framed_prompts(train: pl.DataFrame, framings: int) -> pl.DataFrame:
+    """(prompt, compound_id): each (compound, task) pair of `train` in a training wording, wrapped in `framings` training framings.
+
+    The framing kinds and the wordings rotate from pair to pair; a framing's template is picked
+    by the pair (`libra/data/framings.py`, training-only templates). Prompts `train` holds are left out."""
+    from libra.data.framings import framed_prompt
+    from libra.data.templates import training_wordings
+
+    rows: list[dict[str, Any]] = []
+    for i, pair in enumerate(chemistry_pairs(train).iter_rows(named=True)):
+        pool = training_wordings(pair["task"])
+        for r in range(min(framings, len(DOMAIN_FRAMINGS))):
+            k = i * framings + r
+            request = {"prompt": pool[k % len(pool)].format(compound=pair["compound"]), "seed_id": f"{pair['compound_id']}:{pair['task']}:{k}"}
+            prompt = framed_prompt(DOMAIN_FRAMINGS[k % len(DOMAIN_FRAMINGS)], request, None, None)
+            rows.append({"prompt": prompt, "compound_id": pair["compound_id"]})
+    framed = pl.DataFrame(rows, schema={"prompt": pl.String, "compound_id": pl.String}).unique("prompt", keep="first", maintain_order=True)
+    return framed.filter(~pl.col("prompt").is_in(train["prompt"].implode()))
 
 
 def gate_groups(df: pl.DataFrame) -> list[str]:
@@ -99,6 +135,7 @@ def gate_weights(y: np.ndarray, general: np.ndarray, general_share: float) -> np
 def train_gate(
     model: Any, tokenizer: Any, train: pl.DataFrame, *, layer: int | str, C: float, candidates: Sequence[int],
     source: str = "the training pairs", bank: pl.DataFrame | None = None, general_share: float = 0.25,
+    domain_framed: pl.DataFrame | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the gate on `train`'s prompts, and `bank`'s where given. Returns (the gate, to save with joblib; its metrics).
 
@@ -134,20 +171,26 @@ def train_gate(
     weights = gate_weights(y, general, general_share)
     probe = fit_probe(x, y, C, weights)
     chemistry = ~general
-    domain_probe = fit_probe(x, chemistry, C) if general.any() and chemistry.any() else None
+    domain_x, domain_groups = x, fit_groups
+    domain_framed = domain_framed if domain_framed is not None else pl.DataFrame(schema={"prompt": pl.String, "compound_id": pl.String})
+    if domain_framed.height and general.any():
+        domain_x = np.concatenate([x, prompt_features(model, tokenizer, domain_framed["prompt"].to_list(), layers=[chosen])[:, 0]])
+        chemistry = np.concatenate([chemistry, np.ones(domain_framed.height, bool)])
+        domain_groups = fit_groups + groups_of(domain_framed)
+    domain_probe = fit_probe(domain_x, chemistry, C) if general.any() and chemistry.any() else None
     gate = {"probe": probe, "domain_probe": domain_probe, "layer": chosen, "hidden_states": n_states}
     metrics = {
         "layer": chosen, "layer_param": layer, "C": C, "cv_threshold": 0.0, "train_prompts": train.height,
         "train_illegitimate": int(y[: train.height].sum()), "train_cv_by_layer": {str(v): cv[v] for v in layers}, "train_cv": cv[chosen],
         "bank_prompts": bank.height, "bank_illegitimate": int(y[train.height :].sum()), "bank_general": int(general[train.height :].sum()),
-        "general_share": general_share,
+        "general_share": general_share, "domain_framed": domain_framed.height,
     }  # fmt: skip
     if bank.height:
         fit_scores = grouped_cv_scores(x, y, fit_groups, C=C, what=source, weights=weights)
         metrics["fit_cv"] = rates(fit_scores[: train.height], y[: train.height])
     if domain_probe is not None:
         # safety here: chemistry prompts read as chemistry; utility: general-domain prompts read as general
-        metrics["domain_cv"] = rates(grouped_cv_scores(x, chemistry, fit_groups, C=C, what=source), chemistry)
+        metrics["domain_cv"] = rates(grouped_cv_scores(domain_x, chemistry, domain_groups, C=C, what=source), chemistry)
     return gate, metrics
 
 
