@@ -344,7 +344,7 @@ class GateParams(Section):
     C: float = Field(0.05, gt=0, description="inverse L2 strength of its logistic regression (a few hundred training prompts and about a thousand bank prompts, 2 x hidden features)")
     threshold: float = Field(0.0, description="flag a prompt when its decision score exceeds this (0: the balanced boundary; higher withholds less)")
     domain_threshold: float | None = Field(
-        None, description="chemistry scope: flag only prompts the gate's domain probe (chemistry against general-domain prompts) also scores above this (0: its own boundary); null: prompts of any domain"
+        0.0, description="chemistry scope: flag only prompts the gate's domain probe (chemistry against general-domain prompts) also scores above this (0: its own boundary); null: prompts of any domain"
     )
     domain_framed: int = Field(
         2, ge=0, le=5, description="the domain probe also reads each (compound, task) pair of the training data wrapped in this many training framings (story, role, override, hypothetical, second question) as chemistry; 0: none"

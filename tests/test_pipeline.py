@@ -114,7 +114,9 @@ def test_full_repro_writes_every_output(project: Path) -> None:
     base = pl.read_parquet(project / "data/answers/base/in_domain.parquet")
     assert gated["prompt_id"].to_list() == base["prompt_id"].to_list() and gated["gated"].any()
     card = json.loads((project / "models/policies/base+gate.json").read_text())
-    assert card["gate_sha256"] and card["scale"] == 0.0 and card["gate_threshold"] == 0.0
+    assert card["gate_sha256"] and card["scale"] == 0.0 and card["gate_threshold"] == 0.0 and card["gate_domain_threshold"] == 0.0
+    # the chemistry scope: the domain probe was fitted, with the framed training pairs
+    assert gate["domain_framed"] > 0 and gate["domain_cv"]["auc"] is not None
 
 
 def test_data_outputs_are_safe_and_reconciled(project: Path) -> None:
