@@ -108,7 +108,11 @@ def gate_groups(df: pl.DataFrame) -> list[str]:
     from libra.data.contrast import all_contrast_prompts
 
     item_of = {r["prompt"]: r["item"] for r in all_contrast_prompts()}
-    return [g if not g.startswith("prompt:") or g[7:] not in item_of else f"contrast:{item_of[g[7:]]}" for g in groups_of(df)]
+    groups = []
+    for group in groups_of(df):
+        prompt = group.removeprefix("prompt:")
+        groups.append(f"contrast:{item_of[prompt]}" if group.startswith("prompt:") and prompt in item_of else group)
+    return groups
 
 
 def is_general(df: pl.DataFrame) -> np.ndarray:
@@ -183,7 +187,7 @@ def train_gate(
         "layer": chosen, "layer_param": layer, "C": C, "cv_threshold": 0.0, "train_prompts": train.height,
         "train_illegitimate": int(y[: train.height].sum()), "train_cv_by_layer": {str(v): cv[v] for v in layers}, "train_cv": cv[chosen],
         "bank_prompts": bank.height, "bank_illegitimate": int(y[train.height :].sum()), "bank_general": int(general[train.height :].sum()),
-        "general_share": general_share, "domain_framed": domain_framed.height,
+        "general_share": general_share, "domain_framed": len(domain_x) - len(x),
     }  # fmt: skip
     if bank.height:
         fit_scores = grouped_cv_scores(x, y, fit_groups, C=C, what=source, weights=weights)
