@@ -158,11 +158,13 @@ def test_gate_model_names_in_params_and_policy_cards(gated_project: tuple[Path, 
     assert proc.returncode == 0, proc.stderr
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["model"] == "dpo+gate" and card["scale"] == 1.0 and len(card["gate_sha256"]) == 64 and card["adapter_sha256"]
-    assert card["gate_threshold"] == 0.0 and card["gate_domain_threshold"] is None
-    assert gate_of_card(tmp_path / "card.json", "dpo+gate") == (tmp_path / "g.joblib", 0.0, None)
-    # A card written before the chemistry scope existed reads as any domain; a set scope is read back.
+    assert card["gate_threshold"] == 0.0 and card["gate_domain_threshold"] == 0.0  # the chemistry scope is on by default
+    assert gate_of_card(tmp_path / "card.json", "dpo+gate") == (tmp_path / "g.joblib", 0.0, 0.0)
+    # A card written before the chemistry scope existed reads as any domain, as does a null scope; a set one is read back.
     (tmp_path / "old.json").write_text(json.dumps({k: v for k, v in card.items() if k != "gate_domain_threshold"}))
     assert gate_of_card(tmp_path / "old.json", "dpo+gate")[2] is None
+    (tmp_path / "any.json").write_text(json.dumps({**card, "gate_domain_threshold": None}))
+    assert gate_of_card(tmp_path / "any.json", "dpo+gate")[2] is None
     (tmp_path / "scoped.json").write_text(json.dumps({**card, "gate_domain_threshold": 0.5}))
     assert gate_of_card(tmp_path / "scoped.json", "dpo+gate")[2] == 0.5
     # The answer stage refuses a gate that is not the one its card was written for, and a card with no gate.
