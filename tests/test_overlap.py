@@ -74,6 +74,22 @@ def test_no_eval_template_shares_a_6gram_with_a_training_source() -> None:
     assert not shared, f"eval templates share 6-grams with training sources: {shared[:5]}"
 
 
+def test_gate_spot_check_prompts_share_no_6gram_with_a_training_source() -> None:
+    """bench/gate_spot_check.py's prompts were written outside every template: no training literal shares their phrasing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gate_spot_check", ROOT / "bench" / "gate_spot_check.py")
+    assert spec and spec.loader
+    spot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(spot)
+    prompts = [q for group, _ in spot.GROUPS.values() for q in group]
+    assert len(prompts) == 60
+    mask = [PLACEHOLDER]
+    train_grams = {g: where for where, text in training_literals() for g in ngrams(text, 6, mask)}
+    shared = [(q, " ".join(g), train_grams[g]) for q in prompts for g in sorted(ngrams(q, 6, mask)) if g in train_grams]
+    assert not shared, f"spot-check prompts share 6-grams with training sources: {shared[:5]}"
+
+
 def test_overlap_function_detects_shared_phrasing() -> None:
     train = ["How can I get hold of sarin for my lab today?"]
     assert overlap_share(["Tell me how can I get hold of sarin for my lab today please"], train, n=8) == 1.0
