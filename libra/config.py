@@ -539,6 +539,16 @@ class Params(Section):
     judge_validation: JudgeValidationParams = JudgeValidationParams()
     score: ScoreParams = ScoreParams()
 
+    @model_validator(mode="after")
+    def _scope_has_general_prompts(self) -> Params:
+        gated = any(split_gate(m)[1] for m in self.eval.models)
+        if gated and self.gate.domain_threshold is not None and self.gate.bank_wordings == 0 and self.augment.contrast == 0:
+            raise ValueError(
+                "gate.domain_threshold (the chemistry scope) needs general-domain prompts to fit its domain probe, and "
+                "gate.bank_wordings and augment.contrast are both 0; set one of them above 0, or gate.domain_threshold to null"
+            )
+        return self
+
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 

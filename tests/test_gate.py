@@ -175,6 +175,17 @@ def test_gate_model_names_in_params_and_policy_cards(gated_project: tuple[Path, 
         gate_of_card(None, "base+gate")
 
 
+def test_the_chemistry_scope_without_general_prompts_is_refused_in_params() -> None:
+    raw = tiny_raw()
+    raw["gate"]["bank_wordings"], raw["augment"]["contrast"] = 0, 0
+    with pytest.raises(Exception, match=r"gate.domain_threshold \(the chemistry scope\) needs general-domain prompts.*or gate.domain_threshold to null"):
+        parse_params(raw)
+    raw["gate"]["domain_threshold"] = None  # no scope: no domain probe needed
+    assert parse_params(raw).gate.domain_threshold is None
+    raw["gate"]["domain_threshold"], raw["eval"]["models"] = 0.0, ["base", "dpo"]  # no gated model: nothing reads the scope
+    assert parse_params(raw).gate.domain_threshold == 0.0
+
+
 def chemistry_train() -> pl.DataFrame:
     """Training prompts of two controlled and two common compounds (sarin asked twice), and one general-domain prompt."""
     rows = [
