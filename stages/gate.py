@@ -13,8 +13,9 @@ chemistry scope). The suites are never read. Models named `<model>+gate` in eval
 prompt scoring above gate.threshold (recorded in their policy cards, not here) is withheld
 with a fixed refusal; the rest are answered by `<model>`. --metrics gets the chosen layer
 and every candidate layer's cross-validated safety, utility (at score 0) and AUC on the
-training prompts, folds grouped by compound; the bank's size; and fit_cv, the whole recipe
-cross-validated the same way and scored on the training prompts.
+training prompts, folds grouped by compound; the bank's size; fit_cv, the whole recipe
+cross-validated the same way and scored on the training prompts; and domain_cv, the domain
+probe cross-validated the same way.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from libra.config import parse_params, split_gate
 from libra.errors import InputError
 from libra.eval.answer import load_policy
 from libra.eval.features import prompt_features
-from libra.eval.gate import GATE_REFUSAL, gate_flags, gate_of_card, gate_scores, gated_texts, load_gate
+from libra.eval.gate import GATE_REFUSAL, gate_flags, gate_of_card, gate_readings, gated_texts, load_gate
 from libra.eval.gate_fit import save_gate, train_gate
 from libra.eval.judges.rules import judge
 from tests.conftest import ROOT, subprocess_env, tiny_raw
@@ -87,7 +87,7 @@ def test_gate_scores_match_training_and_reject_another_model(tiny_base: Path, ga
     assert list(by_layer) == ["0", "1", "2"] and by_layer[str(auto["layer"])]["auc"] == max(v["auc"] for v in by_layer.values())
     save_gate(gate, tmp_path / "g.joblib")
     loaded = load_gate(tmp_path / "g.joblib")
-    scores = gate_scores(loaded, model, tokenizer, train["prompt"].to_list()[:4])
+    scores, _ = gate_readings(loaded, model, tokenizer, train["prompt"].to_list()[:4])
     expected = gate["probe"].decision_function(prompt_features(model, tokenizer, train["prompt"].to_list()[:4])[:, 1])
     assert np.allclose(scores, expected, atol=1e-5)
     with pytest.raises(InputError, match=r"gate.layer 5: the base model has hidden states 0..2"):
@@ -95,7 +95,7 @@ def test_gate_scores_match_training_and_reject_another_model(tiny_base: Path, ga
     with pytest.raises(InputError, match=r"^the training pairs: the gate needs training prompts of both labels .* rerun `dvc repro augment`"):
         train_gate(model, tokenizer, train.filter(pl.col("label") == "legitimate"), layer="auto", C=0.05, candidates=[2])
     with pytest.raises(InputError, match=r"was trained on a model with 9 hidden states, this base has 3; rerun `dvc repro gate`"):
-        gate_scores({**loaded, "hidden_states": 9}, model, tokenizer, ["x"])
+        gate_readings({**loaded, "hidden_states": 9}, model, tokenizer, ["x"])
     with pytest.raises(InputError, match=r"does not exist; run `dvc repro gate`"):
         load_gate(tmp_path / "missing.joblib")
     (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
@@ -269,12 +269,12 @@ def test_gate_fitted_with_the_bank_reports_it(tiny_base: Path) -> None:
     # The chemistry scope withholds a subset of what the gate alone withholds: all of it at a very low domain threshold, none at a very high one.
     prompts = train["prompt"].to_list() + bank["prompt"].to_list()[:12]
     alone = gate_flags(gate, model, tokenizer, prompts, threshold=0.0)
-    assert np.array_equal(alone, gate_scores(gate, model, tokenizer, prompts) > 0.0) and alone.any()
+    assert np.array_equal(alone, gate_readings(gate, model, tokenizer, prompts)[0] > 0.0) and alone.any()
     assert np.array_equal(gate_flags(gate, model, tokenizer, prompts, threshold=0.0, domain_threshold=-1e9), alone)
     assert not gate_flags(gate, model, tokenizer, prompts, threshold=0.0, domain_threshold=1e9).any()
     scoped = gate_flags(gate, model, tokenizer, prompts, threshold=0.0, domain_threshold=0.0)
     domain = gate["domain_probe"].decision_function(prompt_features(model, tokenizer, prompts, layers=[2])[:, 0])
-    assert np.array_equal(scoped, alone & (domain > 0.0))
+    assert np.array_equal(scoped, alone & (domain > 0.0)) and np.allclose(gate_readings(gate, model, tokenizer, prompts)[1], domain, atol=1e-5)
     with pytest.raises(InputError, match=r"^gate.domain_threshold is set but this gate has no domain probe .* rerun `dvc repro gate`"):
         gate_flags(without_gate, model, tokenizer, prompts, threshold=0.0, domain_threshold=0.0)
 

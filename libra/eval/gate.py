@@ -81,21 +81,23 @@ def _gate_features(gate: dict[str, Any], base_model: Any, tokenizer: Any, prompt
     return prompt_features(base_model, tokenizer, list(prompts), layers=[gate["layer"]])[:, 0]
 
 
-def gate_scores(gate: dict[str, Any], base_model: Any, tokenizer: Any, prompts: Sequence[str]) -> np.ndarray:
-    """The probe's decision score of each prompt, read off the base checkpoint."""
-    return np.asarray(gate["probe"].decision_function(_gate_features(gate, base_model, tokenizer, prompts)))
+def gate_readings(gate: dict[str, Any], base_model: Any, tokenizer: Any, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each prompt's decision score under the gate's probe and under its domain probe (None for a gate without one), read off the base checkpoint."""
+    features = _gate_features(gate, base_model, tokenizer, prompts)
+    domain_probe = gate.get("domain_probe")
+    return np.asarray(gate["probe"].decision_function(features)), None if domain_probe is None else np.asarray(domain_probe.decision_function(features))
 
 
 def gate_flags(
     gate: dict[str, Any], base_model: Any, tokenizer: Any, prompts: Sequence[str], *, threshold: float, domain_threshold: float | None = None
 ) -> np.ndarray:
     """True for each prompt the gate withholds: its score above `threshold` and, with a domain threshold, its domain score above that."""
-    features = _gate_features(gate, base_model, tokenizer, prompts)
-    flagged = np.asarray(gate["probe"].decision_function(features)) > threshold
-    if domain_threshold is not None:
-        if gate.get("domain_probe") is None:
-            raise InputError("gate.domain_threshold is set but this gate has no domain probe (it was fitted without general-domain prompts, or before the chemistry scope existed); rerun `dvc repro gate`, or set gate.domain_threshold to null")
-        flagged &= np.asarray(gate["domain_probe"].decision_function(features)) > domain_threshold
+    if domain_threshold is not None and gate.get("domain_probe") is None:
+        raise InputError("gate.domain_threshold is set but this gate has no domain probe (it was fitted without general-domain prompts, or before the chemistry scope existed); rerun `dvc repro gate`, or set gate.domain_threshold to null")
+    scores, domain = gate_readings(gate, base_model, tokenizer, prompts)
+    flagged = scores > threshold
+    if domain_threshold is not None and domain is not None:
+        flagged &= domain > domain_threshold
     return flagged
 
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from libra.data.framings import KINDS as FRAMING_KINDS
 from libra.errors import InputError
 from libra.eval.features import prompt_features
 from libra.eval.probe import fit_probe, grouped_cv_scores, groups_of, rates
@@ -70,7 +71,8 @@ def gate_prompt_bank(train: pl.DataFrame, wordings: int) -> pl.DataFrame:
     return bank.filter(~pl.col("prompt").is_in(train["prompt"].implode()))
 
 
-DOMAIN_FRAMINGS: tuple[str, ...] = ("hypothetical", "fiction", "roleplay", "override", "multipart")
+# The training framings but the identifier renaming, which needs a SMILES or CAS number and is not a frame.
+DOMAIN_FRAMINGS: tuple[str, ...] = tuple(k for k in FRAMING_KINDS if k != "identifier")
 
 
 def chemistry_pairs(train: pl.DataFrame) -> pl.DataFrame:
@@ -174,10 +176,8 @@ def train_gate(
         fit_groups += gate_groups(bank)
     weights = gate_weights(y, general, general_share)
     probe = fit_probe(x, y, C, weights)
-    chemistry = ~general
-    domain_x, domain_groups = x, fit_groups
-    domain_framed = domain_framed if domain_framed is not None else pl.DataFrame(schema={"prompt": pl.String, "compound_id": pl.String})
-    if domain_framed.height and general.any():
+    chemistry, domain_x, domain_groups = ~general, x, fit_groups
+    if domain_framed is not None and domain_framed.height and general.any():
         domain_x = np.concatenate([x, prompt_features(model, tokenizer, domain_framed["prompt"].to_list(), layers=[chosen])[:, 0]])
         chemistry = np.concatenate([chemistry, np.ones(domain_framed.height, bool)])
         domain_groups = fit_groups + groups_of(domain_framed)
