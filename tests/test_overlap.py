@@ -59,18 +59,18 @@ def test_training_sources_are_found() -> None:
     assert any("thought experiment" in t for t in texts)  # the augment stage's framings
 
 
-def test_no_eval_template_shares_a_6gram_with_a_training_source() -> None:
+def shared_6grams_with_training_sources(texts: list[str]) -> list[tuple[str, str, str]]:
+    """(text, the shared word 6-gram, where in the training sources) for each 6-gram a text shares with a training literal; slots masked."""
     mask = [PLACEHOLDER]
     train_grams: dict[tuple[str, ...], str] = {}
     for where, text in training_literals():
         for g in ngrams(text, 6, mask):
             train_grams.setdefault(g, where)
-    shared = [
-        (template, " ".join(g), train_grams[g])
-        for template in eval_templates.all_eval_templates()
-        for g in sorted(ngrams(template, 6, mask))
-        if g in train_grams
-    ]
+    return [(text, " ".join(g), train_grams[g]) for text in texts for g in sorted(ngrams(text, 6, mask)) if g in train_grams]
+
+
+def test_no_eval_template_shares_a_6gram_with_a_training_source() -> None:
+    shared = shared_6grams_with_training_sources(list(eval_templates.all_eval_templates()))
     assert not shared, f"eval templates share 6-grams with training sources: {shared[:5]}"
 
 
@@ -84,9 +84,7 @@ def test_gate_spot_check_prompts_share_no_6gram_with_a_training_source() -> None
     spec.loader.exec_module(spot)
     prompts = [q for group, _ in spot.GROUPS.values() for q in group]
     assert len(prompts) == 60
-    mask = [PLACEHOLDER]
-    train_grams = {g: where for where, text in training_literals() for g in ngrams(text, 6, mask)}
-    shared = [(q, " ".join(g), train_grams[g]) for q in prompts for g in sorted(ngrams(q, 6, mask)) if g in train_grams]
+    shared = shared_6grams_with_training_sources(prompts)
     assert not shared, f"spot-check prompts share 6-grams with training sources: {shared[:5]}"
 
 
